@@ -1,0 +1,39 @@
+//! Names and paths of what the webhook injects. The injector and the tests read
+//! them from here, never from string literals of their own.
+
+/// The init container that runs `keyhole-injector`.
+pub const INJECTOR_CONTAINER: &str = "keyhole-injector";
+/// The memory-backed emptyDir that holds the fetched values.
+pub const SECRETS_VOLUME: &str = "keyhole-secrets";
+/// The projected service-account token for the backend's audience.
+pub const TOKEN_VOLUME: &str = "keyhole-token";
+/// The projected service-account token for the API server (Secret output only).
+pub const API_TOKEN_VOLUME: &str = "keyhole-api-token";
+
+/// Where the injector sees the tmpfs volume (apps see it at the `mount-path`).
+pub const INJECTOR_OUTPUT_DIR: &str = "/keyhole/out";
+/// Directory of the backend token in the injector; the file inside is [`TOKEN_FILE`].
+pub const TOKEN_DIR: &str = "/var/run/secrets/keyhole.dev/backend";
+/// Directory of the API-server token in the injector (Secret output only).
+pub const API_TOKEN_DIR: &str = "/var/run/secrets/keyhole.dev/api";
+/// File name of a projected token inside its directory.
+pub const TOKEN_FILE: &str = "token";
+/// Lifetime asked for the projected tokens. The injector uses them within seconds;
+/// 600 s is the minimum the API server accepts.
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 600;
+/// Size limit of the tmpfs volume: secrets are small, and tmpfs counts against
+/// the pod's memory.
+pub const SECRETS_VOLUME_SIZE_LIMIT: &str = "8Mi";
+
+/// Env var carrying the plan (JSON) into the injector.
+pub const PLAN_ENV: &str = "KEYHOLE_PLAN";
+/// Downward-API env vars the injector reads for the pod's identity.
+pub const POD_NAME_ENV: &str = "KEYHOLE_POD_NAME";
+pub const POD_NAMESPACE_ENV: &str = "KEYHOLE_POD_NAMESPACE";
+pub const POD_UID_ENV: &str = "KEYHOLE_POD_UID";
+/// Where the kubelet reads a failed container's one-line reason.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Label on every object keyhole creates.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "keyhole";

@@ -1,0 +1,267 @@
+//! References to values in a backend, as written in `secret-<name>` annotations.
+//!
+//! - aws-ssm: `/prod/db/password`, `/prod/db/password:3` (version),
+//!   `/prod/db/password:stable` (label), and `#key` for one field of a JSON value.
+//! - vault: `secret/app/db#password`, `secret/app/db?version=3#password`; no
+//!   `#field` gives the whole secret as a JSON object.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoreKind;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Reference {
+    AwsSsm(SsmRef),
+    Vault(VaultRef),
+}
+
+impl Reference {
+    /// Parses `raw` in the grammar of `kind`; the error says what to write instead.
+    pub fn parse(kind: StoreKind, raw: &str) -> Result<Self, String> {
+        match kind {
+            StoreKind::AwsSsm => SsmRef::parse(raw).map(Reference::AwsSsm),
+            StoreKind::Vault => VaultRef::parse(raw).map(Reference::Vault),
+        }
+    }
+
+    /// Pinned references name one version and never rotate.
+    pub fn is_pinned(&self) -> bool {
+        match self {
+            Reference::AwsSsm(r) => matches!(r.selector, Some(SsmSelector::Version(_))),
+            Reference::Vault(r) => r.version.is_some(),
+        }
+    }
+
+    /// The JSON field picked out of the value, if any.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Reference::AwsSsm(r) => r.key.as_deref(),
+            Reference::Vault(r) => r.field.as_deref(),
+        }
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::AwsSsm(r) => r.fmt(f),
+            Reference::Vault(r) => r.fmt(f),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SsmRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<SsmSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SsmSelector {
+    Version(u64),
+    Label(String),
+}
+
+const SSM_EXAMPLE: &str =
+    "write a parameter name like /prod/db/password, optionally with :3 (version), :stable (label) or #key (JSON field)";
+
+impl SsmRef {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let (rest, key) = split_field(raw)?;
+        let (name, selector) = match rest.rsplit_once(':') {
+            Some((name, sel)) => (name, Some(parse_ssm_selector(sel)?)),
+            None => (rest, None),
+        };
+        if name.is_empty() {
+            return Err(format!("empty parameter name: {SSM_EXAMPLE}"));
+        }
+        if name.len() > 2048 {
+            return Err("parameter name longer than 2048 characters".to_owned());
+        }
+        if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'))) {
+            return Err(format!(
+                "parameter name {name:?} has {bad:?}, which SSM does not allow (letters, digits, _ . - / only): {SSM_EXAMPLE}"
+            ));
+        }
+        if name.contains("//") || (name.contains('/') && !name.starts_with('/')) {
+            return Err(format!(
+                "parameter name {name:?} is not a valid path: a hierarchical name starts with / and has no empty segment"
+            ));
+        }
+        Ok(SsmRef { name: name.to_owned(), selector, key })
+    }
+
+    /// The name with its selector, as SSM's GetParameters takes it.
+    pub fn selected_name(&self) -> String {
+        match &self.selector {
+            None => self.name.clone(),
+            Some(SsmSelector::Version(v)) => format!("{}:{v}", self.name),
+            Some(SsmSelector::Label(l)) => format!("{}:{l}", self.name),
+        }
+    }
+}
+
+fn parse_ssm_selector(sel: &str) -> Result<SsmSelector, String> {
+    if sel.is_empty() {
+        return Err(format!("empty selector after ':': {SSM_EXAMPLE}"));
+    }
+    if sel.bytes().all(|b| b.is_ascii_digit()) {
+        return match sel.parse::<u64>() {
+            Ok(v) if v > 0 => Ok(SsmSelector::Version(v)),
+            _ => Err(format!("version {sel:?} must be a number from 1 up")),
+        };
+    }
+    let ok = sel.len() <= 100 && sel.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    let lower = sel.to_ascii_lowercase();
+    if !ok || lower.starts_with("aws") || lower.starts_with("ssm") {
+        return Err(format!(
+            "label {sel:?} is not a valid SSM label (letters, digits, _ . -, at most 100, not starting with aws or ssm)"
+        ));
+    }
+    Ok(SsmSelector::Label(sel.to_owned()))
+}
+
+impl fmt::Display for SsmRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.selected_name())?;
+        if let Some(k) = &self.key {
+            write!(f, "#{k}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VaultRef {
+    /// Full logical path, mount included: `secret/app/db`.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+const VAULT_EXAMPLE: &str = "write <mount>/<path>[?version=N][#field], like secret/app/db#password";
+
+impl VaultRef {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let (rest, field) = split_field(raw)?;
+        let (path, version) = match rest.split_once('?') {
+            Some((path, query)) => {
+                let v = query
+                    .strip_prefix("version=")
+                    .ok_or_else(|| format!("unknown query {query:?}: only ?version=N is supported; {VAULT_EXAMPLE}"))?;
+                match v.parse::<u64>() {
+                    Ok(v) if v > 0 => (path, Some(v)),
+                    _ => return Err(format!("version {v:?} must be a number from 1 up")),
+                }
+            }
+            None => (rest, None),
+        };
+        let path = path.trim_matches('/');
+        let segments: Vec<&str> = path.split('/').collect();
+        if segments.len() < 2 || segments.iter().any(|s| s.is_empty()) {
+            return Err(format!("{raw:?} has no mount and path: {VAULT_EXAMPLE}"));
+        }
+        if segments.iter().any(|s| *s == "." || *s == "..") {
+            return Err(format!("{raw:?}: '.' and '..' are not allowed in a path"));
+        }
+        if let Some(bad) =
+            path.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/' | '@' | '+' | '=')))
+        {
+            return Err(format!("{raw:?} has {bad:?} in its path: {VAULT_EXAMPLE}"));
+        }
+        Ok(VaultRef { path: path.to_owned(), version, field })
+    }
+}
+
+impl fmt::Display for VaultRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path)?;
+        if let Some(v) = self.version {
+            write!(f, "?version={v}")?;
+        }
+        if let Some(k) = &self.field {
+            write!(f, "#{k}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits `rest#field`; the field is a JSON key: non-empty, no further `#`.
+fn split_field(raw: &str) -> Result<(&str, Option<String>), String> {
+    let raw = raw.trim();
+    match raw.split_once('#') {
+        None => Ok((raw, None)),
+        Some((_, "")) => Err("empty field after '#': name the JSON key, like #password".to_owned()),
+        Some((_, f)) if f.contains('#') => Err(format!("field {f:?} has a second '#'")),
+        Some((rest, f)) => Ok((rest, Some(f.to_owned()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssm_grammar_round_trips() {
+        for raw in ["/prod/db/password", "/prod/db/password:3", "/prod/db/password:stable", "/a/b:2#user", "plain"] {
+            let r = Reference::parse(StoreKind::AwsSsm, raw).unwrap();
+            assert_eq!(r.to_string(), raw);
+        }
+        let r = SsmRef::parse("/a/b:7#k").unwrap();
+        assert_eq!(r.selector, Some(SsmSelector::Version(7)));
+        assert_eq!(r.key.as_deref(), Some("k"));
+        assert_eq!(r.selected_name(), "/a/b:7");
+        assert!(Reference::AwsSsm(r).is_pinned());
+        assert!(!Reference::parse(StoreKind::AwsSsm, "/a:stable").unwrap().is_pinned());
+    }
+
+    #[test]
+    fn ssm_grammar_refuses_with_a_hint() {
+        for (raw, hint) in [
+            ("/a b", "does not allow"),
+            ("/a:0", "from 1 up"),
+            ("/a:", "empty selector"),
+            ("/a:awsfoo", "not a valid SSM label"),
+            ("a/b", "starts with /"),
+            ("/a//b", "empty segment"),
+            ("/a#", "empty field"),
+            ("", "empty parameter name"),
+        ] {
+            let err = SsmRef::parse(raw).unwrap_err();
+            assert!(err.contains(hint), "{raw}: {err}");
+        }
+    }
+
+    #[test]
+    fn vault_grammar_round_trips() {
+        for raw in ["secret/app/db#password", "secret/app/db", "kv/x?version=3#f", "kv/team/a/b?version=1"] {
+            assert_eq!(Reference::parse(StoreKind::Vault, raw).unwrap().to_string(), raw);
+        }
+        let r = VaultRef::parse("/secret/app/db/?version=2#pw").unwrap();
+        assert_eq!((r.path.as_str(), r.version, r.field.as_deref()), ("secret/app/db", Some(2), Some("pw")));
+    }
+
+    #[test]
+    fn vault_grammar_refuses_with_a_hint() {
+        for (raw, hint) in [
+            ("secret", "no mount and path"),
+            ("secret//a", "no mount and path"),
+            ("secret/../a", "not allowed"),
+            ("secret/a?v=1", "only ?version=N"),
+            ("secret/a?version=x", "from 1 up"),
+            ("secret/a b#f", "in its path"),
+        ] {
+            let err = VaultRef::parse(raw).unwrap_err();
+            assert!(err.contains(hint), "{raw}: {err}");
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Stores: the backends an operator defines in the webhook's config. A pod names a
+//! store; it can never supply an address, so no pod can send its token to a server
+//! of its choosing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `defaultStore` and `stores` of the webhook config.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Stores {
+    #[serde(default)]
+    pub default_store: Option<String>,
+    #[serde(default)]
+    pub stores: BTreeMap<String, Store>,
+}
+
+impl Stores {
+    /// The store a pod asked for, or the default one.
+    pub fn resolve(&self, requested: Option<&str>) -> Result<(&str, &Store), StoreError> {
+        let name = match requested.or(self.default_store.as_deref()) {
+            Some(name) => name,
+            None => return Err(StoreError::NoDefault { known: self.known() }),
+        };
+        self.stores
+            .get_key_value(name)
+            .map(|(k, v)| (k.as_str(), v))
+            .ok_or_else(|| StoreError::Unknown { name: name.to_owned(), known: self.known() })
+    }
+
+    fn known(&self) -> String {
+        if self.stores.is_empty() {
+            "none are configured".to_owned()
+        } else {
+            let names: Vec<&str> = self.stores.keys().map(String::as_str).collect();
+            format!("known stores: {}", names.join(", "))
+        }
+    }
+
+    /// Checks what serde cannot: a default that names a store, audiences present.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(default) = &self.default_store
+            && !self.stores.contains_key(default)
+        {
+            return Err(format!("defaultStore {default:?} is not defined under stores"));
+        }
+        for (name, store) in &self.stores {
+            if store.audience().is_empty() {
+                return Err(format!("store {name:?}: audience must not be empty"));
+            }
+            if let Store::Vault(v) = store
+                && !(v.address.starts_with("https://") || v.address.starts_with("http://"))
+            {
+                return Err(format!("store {name:?}: address must be an http(s) URL"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum StoreError {
+    #[error("no store named and no defaultStore configured ({known})")]
+    NoDefault { known: String },
+    #[error("unknown store {name:?} ({known})")]
+    Unknown { name: String, known: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Vault,
+    AwsSsm,
+}
+
+impl StoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Vault => "vault",
+            StoreKind::AwsSsm => "aws-ssm",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Store {
+    Vault(VaultStore),
+    AwsSsm(SsmStore),
+}
+
+impl Store {
+    pub fn kind(&self) -> StoreKind {
+        match self {
+            Store::Vault(_) => StoreKind::Vault,
+            Store::AwsSsm(_) => StoreKind::AwsSsm,
+        }
+    }
+    pub fn audience(&self) -> &str {
+        match self {
+            Store::Vault(v) => &v.audience,
+            Store::AwsSsm(s) => &s.audience,
+        }
+    }
+    pub fn default_role(&self) -> Option<&str> {
+        match self {
+            Store::Vault(v) => v.default_role.as_deref(),
+            Store::AwsSsm(s) => s.default_role.as_deref(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VaultStore {
+    pub address: String,
+    pub auth: VaultAuth,
+    #[serde(default = "default_vault_audience")]
+    pub audience: String,
+    /// PEM bundle trusted for `address`, in addition to the system roots.
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
+    /// Vault Enterprise / OpenBao namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub default_role: Option<String>,
+}
+
+fn default_vault_audience() -> String {
+    "vault".to_owned()
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VaultAuth {
+    pub method: VaultAuthMethod,
+    /// Mount path of the auth method, `kubernetes` or `jwt` by default.
+    #[serde(default)]
+    pub mount: Option<String>,
+}
+
+impl VaultAuth {
+    pub fn mount(&self) -> &str {
+        self.mount.as_deref().unwrap_or(self.method.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VaultAuthMethod {
+    Kubernetes,
+    Jwt,
+}
+
+impl VaultAuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VaultAuthMethod::Kubernetes => "kubernetes",
+            VaultAuthMethod::Jwt => "jwt",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SsmStore {
+    pub region: String,
+    #[serde(default = "default_sts_audience")]
+    pub audience: String,
+    /// SSM endpoint: a VPC endpoint, or a local emulator in tests.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub sts_endpoint: Option<String>,
+    #[serde(default)]
+    pub default_role: Option<String>,
+}
+
+fn default_sts_audience() -> String {
+    "sts.amazonaws.com".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = r#"{
+        "defaultStore": "vault",
+        "stores": {
+            "vault": {"kind": "vault", "address": "https://vault:8200", "auth": {"method": "jwt"}},
+            "aws": {"kind": "aws-ssm", "region": "eu-west-1", "defaultRole": "arn:aws:iam::1:role/x"}
+        }
+    }"#;
+
+    #[test]
+    fn parses_and_resolves_stores() {
+        let stores: Stores = serde_json::from_str(YAML).unwrap();
+        stores.validate().unwrap();
+        let (name, store) = stores.resolve(None).unwrap();
+        assert_eq!(name, "vault");
+        assert_eq!(store.audience(), "vault");
+        let Store::Vault(v) = store else { panic!("vault") };
+        assert_eq!(v.auth.mount(), "jwt");
+        let (_, aws) = stores.resolve(Some("aws")).unwrap();
+        assert_eq!(aws.audience(), "sts.amazonaws.com");
+        assert_eq!(aws.kind().as_str(), "aws-ssm");
+        let err = stores.resolve(Some("nope")).unwrap_err();
+        assert_eq!(err.to_string(), r#"unknown store "nope" (known stores: aws, vault)"#);
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_default() {
+        let bad =
+            r#"{"stores": {"v": {"kind": "vault", "address": "https://v", "auth": {"method": "jwt"}, "adress": "x"}}}"#;
+        assert!(serde_json::from_str::<Stores>(bad).is_err());
+        let stores: Stores = serde_json::from_str(r#"{"defaultStore": "x", "stores": {}}"#).unwrap();
+        assert!(stores.validate().is_err());
+    }
+}

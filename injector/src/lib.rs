@@ -1,0 +1,2 @@
+//! keyhole-injector: see the README.
+#![forbid(unsafe_code)]

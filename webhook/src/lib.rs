@@ -1,0 +1,2 @@
+//! keyhole-webhook: see the README.
+#![forbid(unsafe_code)]
