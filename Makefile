@@ -16,12 +16,14 @@ build:
 
 ## Every test: unit, golden, and end to end against the real test bed.
 test: bed-deps
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
 unit:
 	$(CARGO) test --workspace --lib --bins
 
 e2e: bed-deps
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --test 'e2e*'
 
 lint:

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Stores {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_store: Option<String>,
     #[serde(default)]
     pub stores: BTreeMap<String, Store>,
@@ -118,12 +118,12 @@ pub struct VaultStore {
     #[serde(default = "default_vault_audience")]
     pub audience: String,
     /// PEM bundle trusted for `address`, in addition to the system roots.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<String>,
     /// Vault Enterprise / OpenBao namespace.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_role: Option<String>,
 }
 
@@ -136,7 +136,7 @@ fn default_vault_audience() -> String {
 pub struct VaultAuth {
     pub method: VaultAuthMethod,
     /// Mount path of the auth method, `kubernetes` or `jwt` by default.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount: Option<String>,
 }
 
@@ -169,11 +169,11 @@ pub struct SsmStore {
     #[serde(default = "default_sts_audience")]
     pub audience: String,
     /// SSM endpoint: a VPC endpoint, or a local emulator in tests.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sts_endpoint: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_role: Option<String>,
 }
 

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod harness;
 pub mod pki;
 pub mod proc;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -545,4 +546,18 @@ pub async fn create_service_account(client: &kube::Client, ns: &str, name: &str)
         .await
         .with_context(|| format!("create service account {ns}/{name}"))?;
     Ok(())
+}
+
+/// A binary of this workspace, from the target dir the tests run from. `make test`
+/// builds them first (`cargo build --workspace --bins`).
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("{name} is not built next to {}: run `cargo build --workspace --bins` (make test does)", exe.display())
 }

@@ -29,7 +29,7 @@ impl Proc {
             cmd.env(k, v);
         }
         cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
-        let child = cmd.spawn().with_context(|| format!("start {name} ({})", program.display()))?;
+        let child = spawn_on_keeper(cmd).with_context(|| format!("start {name} ({})", program.display()))?;
         Ok(Proc { name: name.to_owned(), log, child: Some(child) })
     }
 
@@ -45,6 +45,22 @@ impl Proc {
             bail!("{} exited early ({status}); end of {}:\n{}", self.name, self.log.display(), tail(&self.log, 30));
         }
         Ok(())
+    }
+
+    /// Waits for the process to exit by itself (after a signal the test sent).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("not running")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, up to `grace` to exit, then SIGKILL. Idempotent.
@@ -70,6 +86,35 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(5));
     }
+}
+
+type SpawnRequest = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+
+/// The kernel sends `--pdeathsig` when the *thread* that forked the child ends, so
+/// every child is forked by one thread that lives as long as the process: a test
+/// thread ending does not kill what it started, the process dying does.
+fn spawn_on_keeper(cmd: Command) -> std::io::Result<Child> {
+    static KEEPER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<SpawnRequest>>> =
+        std::sync::OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("keyhole-bed-keeper".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+                // Keep the thread (and so the children) alive until the process exits.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawn the keeper thread");
+        std::sync::Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+    keeper.lock().expect("keeper lock").send((cmd, reply_tx)).map_err(std::io::Error::other)?;
+    reply_rx.recv().map_err(std::io::Error::other)?
 }
 
 /// The last `n` lines of a log file, for error messages.

@@ -1,0 +1,64 @@
+//! Prometheus metrics: reviews by endpoint, kind and outcome; review latency;
+//! certificate expiry and reload failures.
+
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    pub endpoint: &'static str,
+    pub kind: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub reviews: Family<ReviewLabels, Counter>,
+    pub latency: Family<EndpointLabels, Histogram>,
+    pub cert_expiry: Gauge<i64, AtomicI64>,
+    pub cert_reload_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("keyhole_webhook");
+        let reviews = Family::<ReviewLabels, Counter>::default();
+        registry.register("admission_reviews", "Admission reviews by endpoint, kind and outcome", reviews.clone());
+        let latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25])
+        });
+        registry.register("admission_duration_seconds", "Time to answer one admission review", latency.clone());
+        let cert_expiry = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving certificate in use, as a Unix time",
+            cert_expiry.clone(),
+        );
+        let cert_reload_failures = Counter::default();
+        registry.register(
+            "tls_certificate_reload_failures",
+            "Certificate files that changed but could not be loaded (the last good one stays)",
+            cert_reload_failures.clone(),
+        );
+        Metrics { registry, reviews, latency, cert_expiry, cert_reload_failures }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String");
+        out
+    }
+}
