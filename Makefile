@@ -35,7 +35,9 @@ fmt:
 
 ## Benchmarks: prints the figures the issues ask for (release build).
 bench: bed-deps
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -p keyhole-testbed --bin keyhole-bench
+	KEYHOLE_BENCH_BIN=$(CURDIR)/target/release/keyhole-injector $(CARGO) test --release -p keyhole-testbed --test e2e_injector -- bench --nocapture
 
 ## The main job end to end on the local control plane.
 demo: bed-deps

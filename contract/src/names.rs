@@ -16,6 +16,8 @@ pub const INJECTOR_OUTPUT_DIR: &str = "/keyhole/out";
 pub const TOKEN_DIR: &str = "/var/run/secrets/keyhole.dev/backend";
 /// Directory of the API-server token in the injector (Secret output only).
 pub const API_TOKEN_DIR: &str = "/var/run/secrets/keyhole.dev/api";
+/// The cluster CA next to the API-server token (from the `kube-root-ca.crt` ConfigMap).
+pub const CA_FILE: &str = "ca.crt";
 /// File name of a projected token inside its directory.
 pub const TOKEN_FILE: &str = "token";
 /// Lifetime asked for the projected tokens. The injector uses them within seconds;

@@ -1,2 +1,259 @@
-//! keyhole-injector: see the README.
+//! keyhole-injector: the init container. It runs the plan the webhook built from
+//! the pod's annotations: logs in to the store with the pod's projected token,
+//! fetches every value, renders the templates and writes all files at once, or
+//! fails with one line in the termination log and nothing written.
+//!
+//! Values live in `SecretString` from arrival until written; no log line, error
+//! or panic message carries one, nor the token.
 #![forbid(unsafe_code)]
+
+pub mod error;
+pub mod output;
+pub mod retry;
+pub mod ssm;
+pub mod value;
+pub mod vault;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use keyhole_contract::annotations::{self, InjectSpec};
+use keyhole_contract::{Plan, Store, names};
+use secrecy::SecretString;
+use tokio::time::Instant;
+use tracing::Instrument;
+use tracing::level_filters::LevelFilter;
+use zeroize::Zeroizing;
+
+pub use crate::error::{Error, StoreRef};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Flags; every one can also come from its `KEYHOLE_*` env var.
+#[derive(Parser)]
+#[command(name = "keyhole-injector", version, about = "Fetches the planned secrets into the pod's tmpfs volume")]
+pub struct Args {
+    /// The plan as JSON (the webhook sets KEYHOLE_PLAN).
+    #[arg(long = "plan-json", env = names::PLAN_ENV, hide_env_values = true)]
+    pub plan_json: Option<String>,
+    /// A file holding the plan as JSON, for use outside a pod; wins over KEYHOLE_PLAN.
+    #[arg(long, env = "KEYHOLE_PLAN_FILE")]
+    pub plan: Option<PathBuf>,
+    /// Where the one-line failure reason goes.
+    #[arg(long, env = "KEYHOLE_TERMINATION_LOG", default_value = names::TERMINATION_LOG)]
+    pub termination_log: PathBuf,
+    /// Total deadline in seconds, retries included; default: the plan's.
+    #[arg(long, env = "KEYHOLE_DEADLINE")]
+    pub deadline: Option<u64>,
+    #[arg(long, env = names::POD_NAMESPACE_ENV)]
+    pub pod_namespace: Option<String>,
+    #[arg(long, env = names::POD_NAME_ENV)]
+    pub pod_name: Option<String>,
+    #[arg(long, env = names::POD_UID_ENV)]
+    pub pod_uid: Option<String>,
+    /// Level of keyhole's own logs. Dependencies never log: their debug output
+    /// could carry a token or a value.
+    #[arg(long, env = "KEYHOLE_LOG_LEVEL", default_value = "info")]
+    pub log_level: LevelFilter,
+    #[arg(long, env = "KEYHOLE_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+/// What a successful run did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub values: usize,
+    pub files: usize,
+}
+
+/// What every backend call needs.
+#[derive(Clone)]
+pub struct Ctx {
+    pub store: StoreRef,
+    pub role: String,
+    pub token: SecretString,
+    pub deadline: Instant,
+    pub pod_name: Option<String>,
+}
+
+impl Ctx {
+    /// STS session name: `keyhole-<pod>`, in STS's alphabet, at most 64 characters.
+    pub fn session_name(&self) -> String {
+        let mut s: String = format!("keyhole-{}", self.pod_name.as_deref().unwrap_or("injector"))
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) { c } else { '-' })
+            .collect();
+        s.truncate(64);
+        s
+    }
+}
+
+impl Args {
+    /// JSON (or text) logs on stderr, keyhole's own events only.
+    pub fn init_logging(&self) {
+        let filter = tracing_subscriber::EnvFilter::new(format!("keyhole_injector={}", self.log_level));
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+        let _ = match self.log_format {
+            LogFormat::Json => {
+                builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+            }
+            LogFormat::Text => builder.compact().try_init(),
+        };
+    }
+
+    /// Runs the plan. On failure the reason is logged and written to the
+    /// termination log, and nothing is left in the output dir.
+    pub async fn run(self) -> Result<Report, Error> {
+        let Self {
+            plan_json,
+            plan,
+            termination_log,
+            deadline,
+            pod_namespace,
+            pod_name,
+            pod_uid,
+            log_level: _,
+            log_format: _,
+        } = self;
+        let started = std::time::Instant::now();
+        let loaded = load_plan(plan_json.as_deref(), plan.as_deref());
+        let (store, kind) = match &loaded {
+            Ok(p) => (p.store_name.clone(), p.store.kind().as_str()),
+            Err(_) => ("-".to_owned(), "-"),
+        };
+        let pod = format!("{}/{}", pod_namespace.as_deref().unwrap_or("-"), pod_name.as_deref().unwrap_or("-"));
+        let span = tracing::info_span!("injector", store = %store, kind, pod = %pod, pod_uid = pod_uid.as_deref().unwrap_or("-"));
+        let result = async {
+            let plan = loaded?;
+            execute(&plan, deadline, pod_name).await
+        }
+        .instrument(span.clone())
+        .await;
+        let _entered = span.enter();
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(report) => tracing::info!(values = report.values, files = report.files, elapsed_ms, "done"),
+            Err(e) => {
+                tracing::error!(error = %e, elapsed_ms, "failed");
+                if let Err(io) = std::fs::write(&termination_log, e.termination_message()) {
+                    tracing::warn!(path = %termination_log.display(), error = %io, "cannot write the termination log");
+                }
+            }
+        }
+        result
+    }
+}
+
+fn load_plan(json: Option<&str>, file: Option<&Path>) -> Result<Plan, Error> {
+    let text = match (file, json) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|e| Error::Plan(format!("cannot read the plan file {}: {e}", path.display())))?,
+        (None, Some(json)) => json.to_owned(),
+        (None, None) => {
+            return Err(Error::Plan(format!(
+                "no plan: set {} (the webhook does) or pass --plan FILE",
+                names::PLAN_ENV
+            )));
+        }
+    };
+    Plan::from_json(&text).map_err(Error::Plan)
+}
+
+/// Reads the projected token; it never leaves a `SecretString` after this.
+fn read_token(path: &str) -> Result<SecretString, String> {
+    let raw = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| e.to_string())?);
+    let token = raw.trim();
+    if token.is_empty() {
+        return Err("the file is empty".to_owned());
+    }
+    Ok(SecretString::from(token.to_owned()))
+}
+
+/// Fetches, renders and writes what `plan` asks for.
+pub async fn execute(plan: &Plan, deadline_override: Option<u64>, pod_name: Option<String>) -> Result<Report, Error> {
+    let store = StoreRef { name: plan.store_name.clone(), kind: plan.store.kind() };
+    if plan.secret.is_some() {
+        return Err(Error::SecretOutputNotImplemented { store });
+    }
+    let seconds = deadline_override.unwrap_or(plan.deadline_seconds).max(1);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    tracing::info!(
+        role = %plan.role,
+        items = plan.items.len(),
+        templates = plan.templates.len(),
+        deadline_s = seconds,
+        "starting"
+    );
+    let token = read_token(&plan.token_path).map_err(|reason| Error::Token {
+        store: store.clone(),
+        path: plan.token_path.clone(),
+        reason,
+    })?;
+    let ctx = Ctx { store: store.clone(), role: plan.role.clone(), token, deadline, pod_name };
+    let fetch = async {
+        match &plan.store {
+            Store::AwsSsm(s) => ssm::fetch(&ctx, s, &plan.items).await,
+            Store::Vault(v) => vault::fetch(&ctx, v, &plan.items).await,
+        }
+    };
+    // A backstop only: every call and retry already stops at the deadline, with
+    // a better reason than this one.
+    let backstop = deadline + Duration::from_secs(2);
+    let values = tokio::time::timeout_at(backstop, fetch).await.map_err(|_| Error::Deadline {
+        store: store.clone(),
+        seconds,
+        doing: "fetching the values",
+    })??;
+    let rendered = output::render(&plan.templates, &values).map_err(|e| Error::Template {
+        annotation: InjectSpec::template_annotation(&e.name),
+        store: store.clone(),
+        reason: e.reason,
+    })?;
+    let n_values = values.len();
+    let Some(dir) = &plan.output_dir else {
+        return Ok(Report { values: n_values, files: 0 });
+    };
+    let mut files: Vec<(String, SecretString)> = values.into_iter().collect();
+    files.extend(rendered);
+    output::write_atomic(Path::new(dir), &files, plan.file_mode).map_err(|e| {
+        let annotation = match &e.name {
+            Some(n) if plan.items.iter().any(|i| &i.name == n) => InjectSpec::secret_annotation(n),
+            Some(n) => InjectSpec::template_annotation(n),
+            None => annotations::OUTPUT.to_owned(),
+        };
+        Error::Write { annotations: error::Joined(vec![annotation]), store, dir: dir.clone(), reason: e.to_string() }
+    })?;
+    Ok(Report { values: n_values, files: files.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_names_fit_sts() {
+        let ctx = |pod: Option<&str>| Ctx {
+            store: StoreRef { name: "s".into(), kind: keyhole_contract::StoreKind::AwsSsm },
+            role: String::new(),
+            token: SecretString::from("t".to_owned()),
+            deadline: Instant::now(),
+            pod_name: pod.map(str::to_owned),
+        };
+        assert_eq!(ctx(None).session_name(), "keyhole-injector");
+        assert_eq!(ctx(Some("web-5d8f-x")).session_name(), "keyhole-web-5d8f-x");
+        assert_eq!(ctx(Some(&"a".repeat(100))).session_name().len(), 64);
+    }
+
+    #[test]
+    fn a_missing_plan_says_how_to_give_one() {
+        let err = load_plan(None, None).unwrap_err().to_string();
+        assert!(err.contains("KEYHOLE_PLAN") && err.contains("--plan"), "{err}");
+        let err = load_plan(Some("{}"), None).unwrap_err().to_string();
+        assert!(err.contains("not valid JSON of keyhole's plan"), "{err}");
+    }
+}

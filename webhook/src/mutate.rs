@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
-    PodSpec, ProjectedVolumeSource, SeccompProfile, SecretEnvSource, SecurityContext, ServiceAccountTokenProjection,
-    Volume, VolumeMount, VolumeProjection,
+    Capabilities, ConfigMapProjection, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, KeyToPath,
+    ObjectFieldSelector, Pod, PodSpec, ProjectedVolumeSource, SeccompProfile, SecretEnvSource, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use keyhole_contract::annotations::{self, InjectSpec, Problem, Problems};
@@ -258,8 +258,25 @@ fn build_patch(
         );
     }
     if spec.output.secret() {
-        // No audience: the API server's own, for creating the Secret.
-        volumes.push(token_volume(names::API_TOKEN_VOLUME, None));
+        // No audience: the API server's own, for creating the Secret; with the
+        // cluster CA, as kube-api-access has it, so this works with
+        // automountServiceAccountToken: false too.
+        let mut api = token_volume(names::API_TOKEN_VOLUME, None);
+        if let Some(sources) = api.projected.as_mut().and_then(|p| p.sources.as_mut()) {
+            sources.push(VolumeProjection {
+                config_map: Some(ConfigMapProjection {
+                    name: "kube-root-ca.crt".into(),
+                    items: Some(vec![KeyToPath {
+                        key: "ca.crt".into(),
+                        path: names::CA_FILE.into(),
+                        ..Default::default()
+                    }]),
+                    optional: None,
+                }),
+                ..Default::default()
+            });
+        }
+        volumes.push(api);
     }
     append_all(&mut ops, &["spec", "volumes"], pod.volumes.is_none(), volumes.iter().map(to_value));
 

@@ -58,3 +58,46 @@ fn render_one(config: &Config, value: Value) -> Result<Option<Value>, String> {
         Err(problems) => Err(denial(&format!("{kind} {name}"), &problems)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "injector: {image: keyhole:test}\ndefaultStore: v\nstores:\n  v: {kind: vault, address: 'https://v:8200', auth: {method: jwt}, defaultRole: app}\n";
+
+    #[test]
+    fn renders_workload_pods_and_plain_pods_and_reports_denials() {
+        let config = Config::parse(CONFIG).unwrap();
+        let yaml = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}, annotations: {keyhole.dev/inject: "true", keyhole.dev/secret-pw: secret/web#pw}}
+    spec: {containers: [{name: web, image: nginx}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ignored}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plain}
+spec: {containers: [{name: app, image: a}]}
+"#;
+        let out = render(&config, yaml).unwrap();
+        assert_eq!(out.matches("---\n").count(), 2, "{out}");
+        assert!(out.contains("name: keyhole-injector"), "{out}");
+        assert!(out.contains("keyhole.dev/status: injected"), "{out}");
+
+        let bad = yaml.replace("secret/web#pw", "secret#pw");
+        let denials = render(&config, &bad).unwrap_err();
+        assert_eq!(denials.len(), 1);
+        assert!(
+            denials[0].starts_with("keyhole: Deployment web: keyhole.dev/secret-pw: bad vault reference"),
+            "{denials:?}"
+        );
+    }
+}

@@ -7,8 +7,10 @@
 //! [`Bed::start`] checks each one is what it claims to be.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod demo;
 pub mod harness;
+pub mod kubelet;
 pub mod pki;
 pub mod proc;
 pub mod webhook;

@@ -1,0 +1,665 @@
+//! End to end: the real keyhole-injector binary, run as the kubelet would run the
+//! init container of a pod read back from the API server, against the bed's
+//! OpenBao and moto, with real projected tokens.
+//!
+//! Every run's stdout, stderr and termination log is scanned for every secret
+//! value and token used so far; a hit fails the test that made the run.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use aws_sdk_ssm::types::ParameterType;
+use k8s_openapi::api::core::v1::Pod;
+use keyhole_contract::plan::{self, Plan, PodFacts};
+use keyhole_contract::{Stores, annotations, names};
+use keyhole_testbed::kubelet::{InitOpts, InitOutcome, run_init_container};
+use keyhole_testbed::proc::free_port;
+use keyhole_testbed::{Bed, create_service_account, e2e_tests};
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+fn main() {
+    keyhole_testbed::harness::run(e2e_tests![
+        vault_kubernetes_auth_reads_kv2_versions_fields_and_templates,
+        vault_jwt_auth_reads_kv1_with_mode_0444,
+        vault_version_on_kv1_is_refused_and_nothing_written,
+        ssm_reads_versions_labels_fields_and_templates,
+        ssm_reads_25_parameters_in_concurrent_batches,
+        vault_unreachable_fails_with_connection_refused_and_leaves_nothing,
+        ssm_unreachable_fails_with_connection_refused_and_leaves_nothing,
+        wrong_vault_role_is_refused,
+        missing_parameters_are_named_in_one_error,
+        token_for_the_wrong_audience_is_refused,
+        ssm_throttling_is_retried_with_backoff,
+        bench_wall_time_and_rss,
+        no_secret_value_or_token_in_any_output,
+    ]);
+}
+
+const APP_UID: u32 = 1000;
+const SA: &str = "app";
+const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/app";
+
+// ---- leak scan -------------------------------------------------------------
+
+/// Every secret value and token used by any test, and everything any run printed.
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static PRINTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// A distinctive value, remembered for the leak scan.
+fn secret(what: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let v = format!("val-{what}-{:x}-{}", nanos as u64, N.fetch_add(1, Ordering::Relaxed));
+    SECRETS.lock().unwrap().push(v.clone());
+    v
+}
+
+/// Which secret (by index, never by value) appears in `printed`.
+fn leaked(printed: &str, secrets: &[String]) -> Option<usize> {
+    secrets.iter().position(|s| !s.is_empty() && printed.contains(s.as_str()))
+}
+
+fn scan(printed: &str) -> Result<()> {
+    let secrets = SECRETS.lock().unwrap().clone();
+    if let Some(i) = leaked(printed, &secrets) {
+        bail!("secret #{i} ({} chars) appears in what the injector printed", secrets[i].len());
+    }
+    Ok(())
+}
+
+/// Runs the pod's init container, scans what it printed, and keeps it.
+async fn run(bed: &Bed, pod: &Pod, extra_env: &[(&str, &str)]) -> Result<InitOutcome> {
+    let opts = InitOpts {
+        extra_env: extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    };
+    let out = run_init_container(bed, pod, &opts).await?;
+    SECRETS.lock().unwrap().extend(out.tokens.iter().cloned());
+    let printed = out.printed();
+    scan(&printed)?;
+    if std::env::var_os("KEYHOLE_E2E_SHOW").is_some() {
+        eprintln!("--- {}\n{}", pod.metadata.name.as_deref().unwrap_or("-"), out.describe());
+    }
+    PRINTED.lock().unwrap().push(printed);
+    Ok(out)
+}
+
+// ---- the pod, as the webhook will make it ---------------------------------
+
+/// The stores of the webhook config the tests use; `extra` adds more.
+fn stores(bed: &Bed, extra: Value) -> Result<Stores> {
+    let mut stores = json!({
+        "vault": {"kind": "vault", "address": bed.vault_addr, "auth": {"method": "kubernetes"}, "audience": "vault"},
+        "vault-jwt": {"kind": "vault", "address": bed.vault_addr, "auth": {"method": "jwt"}, "audience": "vault"},
+        "aws": {"kind": "aws-ssm", "region": "us-east-1", "endpoint": bed.moto_url, "stsEndpoint": bed.moto_url,
+                "defaultRole": ROLE_ARN},
+    });
+    if let (Some(s), Value::Object(more)) = (stores.as_object_mut(), extra) {
+        s.extend(more);
+    }
+    Ok(serde_json::from_value(json!({"stores": stores}))?)
+}
+
+fn plan_for(annotations: &BTreeMap<String, String>, stores: &Stores) -> Result<Plan> {
+    let spec = annotations::parse(annotations).map_err(|p| anyhow!("{p}"))?.context("the pod does not opt in")?;
+    plan::build(&spec, stores, &PodFacts { uid_known: true, ..Default::default() }).map_err(|p| anyhow!("{p}"))
+}
+
+fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut a: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    a.insert(annotations::INJECT.into(), "true".into());
+    a
+}
+
+/// The pod exactly as keyhole's webhook shapes it, created through the API
+/// (it stays Pending: there is no kubelet) and read back, so it has a name and
+/// a uid. The one place to swap for "create a Deployment and let the webhook
+/// mutate its pods" once the webhook lands.
+async fn injected_pod(bed: &Bed, ns: &str, annotations: &BTreeMap<String, String>, stores: &Stores) -> Result<Pod> {
+    let spec = annotations::parse(annotations).map_err(|p| anyhow!("{p}"))?.context("the pod does not opt in")?;
+    let plan = plan_for(annotations, stores)?;
+    let mut marked = annotations.clone();
+    marked.insert(annotations::STATUS.into(), annotations::STATUS_INJECTED.into());
+    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"generateName": "app-", "annotations": marked},
+        "spec": {
+            "serviceAccountName": SA,
+            "initContainers": [{
+                "name": names::INJECTOR_CONTAINER,
+                "image": "ghcr.io/keyhole/keyhole:0.1.0",
+                "command": ["/usr/local/bin/keyhole-injector"],
+                "env": [
+                    {"name": names::PLAN_ENV, "value": plan.to_json()},
+                    {"name": names::POD_NAME_ENV, "valueFrom": field("metadata.name")},
+                    {"name": names::POD_NAMESPACE_ENV, "valueFrom": field("metadata.namespace")},
+                    {"name": names::POD_UID_ENV, "valueFrom": field("metadata.uid")},
+                ],
+                "volumeMounts": [
+                    {"name": names::SECRETS_VOLUME, "mountPath": names::INJECTOR_OUTPUT_DIR},
+                    {"name": names::TOKEN_VOLUME, "mountPath": names::TOKEN_DIR, "readOnly": true},
+                ],
+                "securityContext": {
+                    "runAsNonRoot": true, "runAsUser": APP_UID, "runAsGroup": APP_UID,
+                    "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }],
+            "containers": [{
+                "name": "app",
+                "image": "registry.example/app:1",
+                "volumeMounts": [{"name": names::SECRETS_VOLUME, "mountPath": spec.mount_path, "readOnly": true}],
+            }],
+            "volumes": [
+                {"name": names::SECRETS_VOLUME,
+                 "emptyDir": {"medium": "Memory", "sizeLimit": names::SECRETS_VOLUME_SIZE_LIMIT}},
+                {"name": names::TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+                    "audience": plan.store.audience(),
+                    "expirationSeconds": names::TOKEN_EXPIRATION_SECONDS,
+                    "path": names::TOKEN_FILE,
+                }}]}},
+            ],
+        }
+    }))?;
+    let api: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
+    let created = api.create(&PostParams::default(), &pod).await.context("create the pod")?;
+    let name = created.metadata.name.context("created pod has no name")?;
+    Ok(api.get(&name).await?)
+}
+
+// ---- set-up and checks -----------------------------------------------------
+
+/// A namespace with the `app` service account, a Vault policy over its paths and
+/// kubernetes and jwt roles named after it.
+async fn vault_namespace(bed: &Bed, prefix: &str) -> Result<String> {
+    let ns = bed.namespace(prefix).await?;
+    create_service_account(&bed.client, &ns, SA).await?;
+    bed.vault_policy(&ns, &[&format!("secret/data/{ns}/*"), &format!("kv1/{ns}/*")]).await?;
+    bed.vault_kubernetes_role(&ns, &ns, SA, "vault", &ns).await?;
+    bed.vault_jwt_role(&ns, &ns, SA, "vault", &ns).await?;
+    Ok(ns)
+}
+
+async fn aws_namespace(bed: &Bed, prefix: &str) -> Result<String> {
+    let ns = bed.namespace(prefix).await?;
+    create_service_account(&bed.client, &ns, SA).await?;
+    Ok(ns)
+}
+
+async fn put(ssm: &aws_sdk_ssm::Client, name: &str, value: &str, overwrite: bool) -> Result<()> {
+    ssm.put_parameter()
+        .name(name)
+        .value(value)
+        .r#type(ParameterType::SecureString)
+        .overwrite(overwrite)
+        .send()
+        .await
+        .with_context(|| format!("put {name}"))?;
+    Ok(())
+}
+
+/// Reads `path` as `uid` (through `setpriv`, like the app would).
+fn read_as(uid: u32, path: &Path) -> Result<Option<String>> {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups", "cat"])
+        .arg(path)
+        .output()?;
+    Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// The file's content, mode and owner as the app sees them. Never prints a value.
+fn check_file(out: &InitOutcome, name: &str, want: &str, mode: u32) -> Result<()> {
+    let dir = out.volume(names::SECRETS_VOLUME)?;
+    let path = dir.join(name);
+    let link = std::fs::read_link(&path).with_context(|| format!("{name} is not a symlink into ..data"))?;
+    ensure!(link == Path::new("..data").join(name), "{name} links to {}", link.display());
+    let meta = std::fs::metadata(&path)?;
+    ensure!(meta.mode() & 0o777 == mode, "{name}: mode {:o}, want {mode:o}", meta.mode() & 0o777);
+    ensure!(meta.uid() == out.uid, "{name}: owner {} is not the container's {}", meta.uid(), out.uid);
+    let got = read_as(APP_UID, &path)?.with_context(|| format!("uid {APP_UID} cannot read {name}"))?;
+    ensure!(got == want, "{name}: {} bytes, not the expected value ({} bytes)", got.len(), want.len());
+    let other_can_read = read_as(APP_UID + 1000, &path)?.is_some();
+    ensure!(other_can_read == (mode & 0o004 != 0), "{name}: another uid can read: {other_can_read} with mode {mode:o}");
+    Ok(())
+}
+
+/// The output dir holds exactly `names`, `..data` and one timestamped dir.
+fn check_listing(out: &InitOutcome, names: &[&str]) -> Result<()> {
+    let dir = out.volume(names::SECRETS_VOLUME)?;
+    let mut entries: Vec<String> =
+        std::fs::read_dir(dir)?.map(|e| Ok(e?.file_name().to_string_lossy().into_owned())).collect::<Result<_>>()?;
+    entries.sort();
+    let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    want.push("..data".into());
+    want.sort();
+    let ts: Vec<&String> = entries.iter().filter(|e| e.starts_with("..") && *e != "..data").collect();
+    ensure!(ts.len() == 1, "expected one timestamped dir: {entries:?}");
+    let rest: Vec<String> = entries.iter().filter(|e| !ts.contains(e)).cloned().collect();
+    ensure!(rest == want, "output dir holds {entries:?}, want {want:?} and one ..<ts>");
+    Ok(())
+}
+
+fn check_failed_cleanly(out: &InitOutcome, needles: &[&str]) -> Result<()> {
+    ensure!(!out.success(), "the injector succeeded:\n{}", out.describe());
+    let dir = out.volume(names::SECRETS_VOLUME)?;
+    let left: Vec<_> = std::fs::read_dir(dir)?.collect();
+    ensure!(left.is_empty(), "the failed run left {} entries behind", left.len());
+    let log = &out.termination_log;
+    ensure!(log.lines().count() == 1 && log.ends_with('\n'), "termination log is not one line: {log:?}");
+    for n in needles {
+        ensure!(log.contains(n), "termination log lacks {n:?}: {log}");
+    }
+    ensure!(out.stderr.contains("\"failed\""), "the failure is not logged:\n{}", out.describe());
+    Ok(())
+}
+
+fn closed_port_url() -> Result<String> {
+    Ok(format!("http://127.0.0.1:{}", free_port(false)?))
+}
+
+// ---- tests -----------------------------------------------------------------
+
+async fn vault_kubernetes_auth_reads_kv2_versions_fields_and_templates(bed: &Bed) -> Result<()> {
+    let ns = vault_namespace(bed, "inj-vkv2").await?;
+    let (user, pw1, pw2) = (secret("user"), secret("pw1"), secret("pw2"));
+    bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"user": user, "password": pw1}}))).await?;
+    bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"user": user, "password": pw2}}))).await?;
+    let a = ann(&[
+        ("keyhole.dev/store", "vault"),
+        ("keyhole.dev/role", &ns),
+        ("keyhole.dev/secret-password", &format!("secret/{ns}/db#password")),
+        ("keyhole.dev/secret-old", &format!("secret/{ns}/db?version=1#password")),
+        ("keyhole.dev/secret-user", &format!("secret/{ns}/db#user")),
+        ("keyhole.dev/secret-whole", &format!("secret/{ns}/db")),
+        ("keyhole.dev/template-dsn", "postgres://{{ secrets[\"user\"] }}:{{ secrets[\"password\"] }}@db/app"),
+    ]);
+    let pod = injected_pod(bed, &ns, &a, &stores(bed, json!({}))?).await?;
+    let out = run(bed, &pod, &[]).await?;
+    ensure!(out.success(), "{}", out.describe());
+    ensure!(out.termination_log.is_empty(), "termination log written on success");
+    check_listing(&out, &["dsn", "old", "password", "user", "whole"])?;
+    check_file(&out, "password", &pw2, 0o400)?;
+    check_file(&out, "old", &pw1, 0o400)?;
+    check_file(&out, "user", &user, 0o400)?;
+    check_file(&out, "dsn", &format!("postgres://{user}:{pw2}@db/app"), 0o400)?;
+    let whole = read_as(APP_UID, &out.volume(names::SECRETS_VOLUME)?.join("whole"))?.context("read whole")?;
+    let whole: Value = serde_json::from_str(&whole).map_err(|_| anyhow!("the whole secret is not JSON"))?;
+    ensure!(whole == json!({"user": user, "password": pw2}), "the whole secret is not the latest version's object");
+    ensure!(out.stderr.contains(&format!("\"pod\":\"{ns}/")), "the log span names no pod:\n{}", out.stderr);
+    Ok(())
+}
+
+async fn vault_jwt_auth_reads_kv1_with_mode_0444(bed: &Bed) -> Result<()> {
+    let ns = vault_namespace(bed, "inj-vkv1").await?;
+    let (token, url) = (secret("api-token"), secret("url"));
+    bed.vault("POST", &format!("kv1/{ns}/api"), Some(json!({"token": token, "url": url}))).await?;
+    let a = ann(&[
+        ("keyhole.dev/store", "vault-jwt"),
+        ("keyhole.dev/role", &ns),
+        ("keyhole.dev/file-mode", "0444"),
+        ("keyhole.dev/secret-token", &format!("kv1/{ns}/api#token")),
+        ("keyhole.dev/secret-api.json", &format!("kv1/{ns}/api")),
+    ]);
+    let pod = injected_pod(bed, &ns, &a, &stores(bed, json!({}))?).await?;
+    let out = run(bed, &pod, &[]).await?;
+    ensure!(out.success(), "{}", out.describe());
+    check_listing(&out, &["api.json", "token"])?;
+    check_file(&out, "token", &token, 0o444)?;
+    let whole = read_as(APP_UID, &out.volume(names::SECRETS_VOLUME)?.join("api.json"))?.context("read")?;
+    let whole: Value = serde_json::from_str(&whole).map_err(|_| anyhow!("not JSON"))?;
+    ensure!(whole == json!({"token": token, "url": url}), "the whole KV v1 secret differs");
+    Ok(())
+}
+
+async fn vault_version_on_kv1_is_refused_and_nothing_written(bed: &Bed) -> Result<()> {
+    let ns = vault_namespace(bed, "inj-kv1ver").await?;
+    bed.vault("POST", &format!("kv1/{ns}/api"), Some(json!({"token": secret("t")}))).await?;
+    bed.vault("POST", &format!("secret/data/{ns}/ok"), Some(json!({"data": {"v": secret("ok")}}))).await?;
+    let a = ann(&[
+        ("keyhole.dev/store", "vault"),
+        ("keyhole.dev/role", &ns),
+        ("keyhole.dev/secret-fine", &format!("secret/{ns}/ok#v")),
+        ("keyhole.dev/secret-token", &format!("kv1/{ns}/api?version=2#token")),
+    ]);
+    let pod = injected_pod(bed, &ns, &a, &stores(bed, json!({}))?).await?;
+    let out = run(bed, &pod, &[]).await?;
+    check_failed_cleanly(&out, &["keyhole.dev/secret-token", "store \"vault\" (vault)", "KV v1", "remove ?version="])
+}
+
+async fn ssm_reads_versions_labels_fields_and_templates(bed: &Bed) -> Result<()> {
+    let ns = aws_namespace(bed, "inj-ssm").await?;
+    let ssm = bed.ssm_admin().await;
+    let (v1, v2, user, pw) = (secret("ssm-v1"), secret("ssm-v2"), secret("ssm-user"), secret("ssm-pw"));
+    let p = format!("/{ns}/db/password");
+    let j = format!("/{ns}/db/json");
+    put(&ssm, &p, &v1, false).await?;
+    put(&ssm, &p, &v2, true).await?;
+    ssm.label_parameter_version().name(&p).parameter_version(1).labels("stable").send().await?;
+    put(&ssm, &j, &json!({"user": user, "pw": pw}).to_string(), false).await?;
+    let a = ann(&[
+        ("keyhole.dev/store", "aws"),
+        ("keyhole.dev/secret-latest", &p),
+        ("keyhole.dev/secret-first", &format!("{p}:1")),
+        ("keyhole.dev/secret-stable", &format!("{p}:stable")),
+        ("keyhole.dev/secret-user", &format!("{j}#user")),
+        ("keyhole.dev/secret-pw", &format!("{j}#pw")),
+        ("keyhole.dev/template-conf", "user={{ secrets[\"user\"] }}\npass={{ secrets[\"latest\"] }}"),
+    ]);
+    let pod = injected_pod(bed, &ns, &a, &stores(bed, json!({}))?).await?;
+    let out = run(bed, &pod, &[]).await?;
+    ensure!(out.success(), "{}", out.describe());
+    check_listing(&out, &["conf", "first", "latest", "pw", "stable", "user"])?;
+    check_file(&out, "latest", &v2, 0o400)?;
+    check_file(&out, "first", &v1, 0o400)?;
+    check_file(&out, "stable", &v1, 0o400)?;
+    check_file(&out, "user", &user, 0o400)?;
+    check_file(&out, "pw", &pw, 0o400)?;
+    check_file(&out, "conf", &format!("user={user}\npass={v2}"), 0o400)?;
+    Ok(())
+}
+
+async fn ssm_reads_25_parameters_in_concurrent_batches(bed: &Bed) -> Result<()> {
+    let ns = aws_namespace(bed, "inj-ssm25").await?;
+    let ssm = bed.ssm_admin().await;
+    let mut pairs = Vec::new();
+    for i in 0..25 {
+        let v = secret(&format!("p{i}"));
+        put(&ssm, &format!("/{ns}/p/{i}"), &v, false).await?;
+        pairs.push((format!("keyhole.dev/secret-p{i}"), format!("/{ns}/p/{i}"), v));
+    }
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, r, _)| (k.as_str(), r.as_str())).collect();
+    let mut a = ann(&refs);
+    a.insert("keyhole.dev/store".into(), "aws".into());
+    let pod = injected_pod(bed, &ns, &a, &stores(bed, json!({}))?).await?;
+    let out = run(bed, &pod, &[]).await?;
+    ensure!(out.success(), "{}", out.describe());
+    for (i, (_, _, v)) in pairs.iter().enumerate() {
+        check_file(&out, &format!("p{i}"), v, 0o400)?;
+    }
+    Ok(())
+}
+
+async fn vault_unreachable_fails_with_connection_refused_and_leaves_nothing(bed: &Bed) -> Result<()> {
+    let ns = vault_namespace(bed, "inj-vdown").await?;
+    let extra =
+        json!({"vault-down": {"kind": "vault", "address": closed_port_url()?, "auth": {"method": "kubernetes"}}});
+    let a = ann(&[
+        ("keyhole.dev/store", "vault-down"),
+        ("keyhole.dev/role", &ns),
+        ("keyhole.dev/secret-pw", &format!("secret/{ns}/db#password")),
+    ]);
+    let pod = injected_pod(bed, &ns, &a, &stores(bed, extra)?).await?;
+    let out = run(bed, &pod, &[("KEYHOLE_DEADLINE", "3")]).await?;
+    check_failed_cleanly(&out, &["store \"vault-down\" (vault)", "connection refused", "keyhole.dev/role"])?;
+    ensure!(out.elapsed < Duration::from_secs(10), "the 3 s deadline did not hold: {:?}", out.elapsed);
+    ensure!(out.stderr.contains("retrying"), "connection refused was not retried:\n{}", out.stderr);
+    Ok(())
+}
+
+async fn ssm_unreachable_fails_with_connection_refused_and_leaves_nothing(bed: &Bed) -> Result<()> {
+    let ns = aws_namespace(bed, "inj-adown").await?;
+    let dead = closed_port_url()?;
+    let extra = json!({"aws-down": {"kind": "aws-ssm", "region": "us-east-1", "endpoint": dead, "stsEndpoint": dead}});
+    let a = ann(&[
+        ("keyhole.dev/store", "aws-down"),
+        ("keyhole.dev/role", ROLE_ARN),
+        ("keyhole.dev/secret-pw", &format!("/{ns}/pw")),
+    ]);
+    let pod = injected_pod(bed, &ns, &a, &stores(bed, extra)?).await?;
+    let out = run(bed, &pod, &[("KEYHOLE_DEADLINE", "3")]).await?;
+    check_failed_cleanly(&out, &["store \"aws-down\" (aws-ssm)", "connection refused", "AssumeRoleWithWebIdentity"])?;
+    ensure!(out.elapsed < Duration::from_secs(10), "the 3 s deadline did not hold: {:?}", out.elapsed);
+    Ok(())
+}
+
+async fn wrong_vault_role_is_refused(bed: &Bed) -> Result<()> {
+    let ns = vault_namespace(bed, "inj-role").await?;
+    bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"password": secret("r")}}))).await?;
+    // A role that exists but is bound to another service account.
+    bed.vault_kubernetes_role(&format!("{ns}-other"), &ns, "someone-else", "vault", &ns).await?;
+    for (role, needle) in [(format!("{ns}-other"), "HTTP 403"), ("no-such-role".to_owned(), "no-such-role")] {
+        let a = ann(&[
+            ("keyhole.dev/store", "vault"),
+            ("keyhole.dev/role", &role),
+            ("keyhole.dev/secret-pw", &format!("secret/{ns}/db#password")),
+        ]);
+        let pod = injected_pod(bed, &ns, &a, &stores(bed, json!({}))?).await?;
+        let out = run(bed, &pod, &[]).await?;
+        check_failed_cleanly(&out, &["keyhole.dev/role", "store \"vault\" (vault)", "kubernetes login", needle])?;
+        ensure!(
+            out.termination_log.contains("after 2 attempts"),
+            "auth retried other than once: {}",
+            out.termination_log
+        );
+    }
+    Ok(())
+}
+
+async fn missing_parameters_are_named_in_one_error(bed: &Bed) -> Result<()> {
+    let ns = aws_namespace(bed, "inj-missing").await?;
+    let ssm = bed.ssm_admin().await;
+    put(&ssm, &format!("/{ns}/present"), &secret("present"), false).await?;
+    let a = ann(&[
+        ("keyhole.dev/store", "aws"),
+        ("keyhole.dev/secret-ok", &format!("/{ns}/present")),
+        ("keyhole.dev/secret-gone", &format!("/{ns}/gone")),
+        ("keyhole.dev/secret-old", &format!("/{ns}/present:99")),
+        ("keyhole.dev/secret-beta", &format!("/{ns}/present:beta")),
+    ]);
+    let pod = injected_pod(bed, &ns, &a, &stores(bed, json!({}))?).await?;
+    let out = run(bed, &pod, &[]).await?;
+    check_failed_cleanly(
+        &out,
+        &[
+            "store \"aws\" (aws-ssm)",
+            "no such parameter",
+            "keyhole.dev/secret-gone",
+            "keyhole.dev/secret-old",
+            "keyhole.dev/secret-beta",
+            &format!("/{ns}/gone"),
+            &format!("/{ns}/present:99"),
+            &format!("/{ns}/present:beta"),
+        ],
+    )?;
+    ensure!(
+        !out.termination_log.contains("keyhole.dev/secret-ok"),
+        "the present one is named: {}",
+        out.termination_log
+    );
+    Ok(())
+}
+
+async fn token_for_the_wrong_audience_is_refused(bed: &Bed) -> Result<()> {
+    let ns = vault_namespace(bed, "inj-aud").await?;
+    bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"password": secret("aud")}}))).await?;
+    let extra = json!({"vault-other-aud": {"kind": "vault", "address": bed.vault_addr,
+                                            "auth": {"method": "jwt"}, "audience": "not-vault"}});
+    let a = ann(&[
+        ("keyhole.dev/store", "vault-other-aud"),
+        ("keyhole.dev/role", &ns),
+        ("keyhole.dev/secret-pw", &format!("secret/{ns}/db#password")),
+    ]);
+    let pod = injected_pod(bed, &ns, &a, &stores(bed, extra)?).await?;
+    let out = run(bed, &pod, &[]).await?;
+    check_failed_cleanly(&out, &["store \"vault-other-aud\" (vault)", "jwt login", "invalid audience"])
+}
+
+async fn ssm_throttling_is_retried_with_backoff(bed: &Bed) -> Result<()> {
+    let ns = aws_namespace(bed, "inj-throttle").await?;
+    let ssm = bed.ssm_admin().await;
+    let v = secret("throttled");
+    put(&ssm, &format!("/{ns}/pw"), &v, false).await?;
+    let proxy = ThrottleProxy::start(&bed.moto_url, 3).await?;
+    let extra = json!({"aws-throttled": {"kind": "aws-ssm", "region": "us-east-1", "endpoint": proxy.url,
+                                          "stsEndpoint": bed.moto_url, "defaultRole": ROLE_ARN}});
+    let a = ann(&[("keyhole.dev/store", "aws-throttled"), ("keyhole.dev/secret-pw", &format!("/{ns}/pw"))]);
+    let pod = injected_pod(bed, &ns, &a, &stores(bed, extra)?).await?;
+    let out = run(bed, &pod, &[]).await?;
+    ensure!(out.success(), "{}", out.describe());
+    check_file(&out, "pw", &v, 0o400)?;
+    let (calls, throttled) = (proxy.calls.load(Ordering::SeqCst), proxy.throttled.load(Ordering::SeqCst));
+    ensure!(throttled == 3 && calls == 4, "proxy saw {calls} GetParameters, throttled {throttled}");
+    let retries =
+        out.stderr.lines().filter(|l| l.contains("\"retrying\"") && l.contains("ThrottlingException")).count();
+    ensure!(retries == 3, "{retries} retries logged:\n{}", out.stderr);
+    Ok(())
+}
+
+async fn bench_wall_time_and_rss(bed: &Bed) -> Result<()> {
+    let binary = match std::env::var_os("KEYHOLE_BENCH_BIN") {
+        Some(p) => p.into(),
+        None => keyhole_testbed::workspace_bin("keyhole-injector")?,
+    };
+    let ns = vault_namespace(bed, "inj-bench").await?;
+    let ssm = bed.ssm_admin().await;
+    for i in 0..100 {
+        put(&ssm, &format!("/{ns}/b/{i}"), &secret("bench"), false).await?;
+        bed.vault("POST", &format!("secret/data/{ns}/b{i}"), Some(json!({"data": {"v": secret("bench")}}))).await?;
+    }
+    let all = stores(bed, json!({}))?;
+    let mut rows = Vec::new();
+    for store in ["vault", "aws"] {
+        let audience = if store == "vault" { "vault" } else { "sts.amazonaws.com" };
+        let token = bed.token(&ns, SA, &[audience], 3600, None).await?;
+        SECRETS.lock().unwrap().push(token.clone());
+        for n in [1usize, 10, 100] {
+            let mut pairs: Vec<(String, String)> = vec![("keyhole.dev/store".into(), store.into())];
+            if store == "vault" {
+                pairs.push(("keyhole.dev/role".into(), ns.clone()));
+            }
+            for i in 0..n {
+                let r = if store == "vault" { format!("secret/{ns}/b{i}#v") } else { format!("/{ns}/b/{i}") };
+                pairs.push((format!("keyhole.dev/secret-s{i}"), r));
+            }
+            let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let plan = plan_for(&ann(&refs), &all)?;
+            rows.push(keyhole_testbed::kubelet::bench(&binary, &plan, &token, 5).await?);
+        }
+    }
+    eprintln!("keyhole-injector bench ({}):", binary.display());
+    for r in &rows {
+        eprintln!(
+            "  {:>5} {:>3} secrets: median {:>6.1} ms, min {:>6.1} ms, peak RSS {:>6.1} MB",
+            r.store,
+            r.secrets,
+            r.wall.as_secs_f64() * 1e3,
+            r.min_wall.as_secs_f64() * 1e3,
+            r.max_rss_kb as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+async fn no_secret_value_or_token_in_any_output(_bed: &Bed) -> Result<()> {
+    // The scanner itself catches a value, wherever in the text it is.
+    let planted = vec!["val-planted-1".to_owned()];
+    ensure!(leaked("{\"msg\":\"x val-planted-1 y\"}", &planted) == Some(0), "the scanner misses a planted value");
+    ensure!(leaked("nothing here", &planted).is_none());
+    // Everything printed so far (each run was also scanned as it finished).
+    let printed = PRINTED.lock().unwrap().clone();
+    for p in &printed {
+        scan(p)?;
+    }
+    Ok(())
+}
+
+// ---- a fault-injecting proxy -----------------------------------------------
+
+/// Answers the first `n` SSM GetParameters calls with `400 ThrottlingException`
+/// and forwards everything else to the upstream.
+struct ThrottleProxy {
+    url: String,
+    calls: Arc<AtomicU32>,
+    throttled: Arc<AtomicU32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ThrottleProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ThrottleProxy {
+    async fn start(upstream: &str, n: u32) -> Result<ThrottleProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let calls = Arc::new(AtomicU32::new(0));
+        let throttled = Arc::new(AtomicU32::new(0));
+        let (c, t) = (calls.clone(), throttled.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (upstream, c, t) = (upstream.clone(), c.clone(), t.clone());
+                tokio::spawn(async move {
+                    let _ = serve(sock, &upstream, n, &c, &t).await;
+                });
+            }
+        });
+        Ok(ThrottleProxy { url, calls, throttled, task })
+    }
+}
+
+async fn serve(sock: TcpStream, upstream: &str, n: u32, calls: &AtomicU32, throttled: &AtomicU32) -> Result<()> {
+    let mut conn = BufReader::new(sock);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if conn.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+        };
+        let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0; len];
+        conn.read_exact(&mut body).await?;
+        if header("x-amz-target").as_deref() == Some("AmazonSSM.GetParameters") {
+            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            if call <= n {
+                throttled.fetch_add(1, Ordering::SeqCst);
+                let b = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
+                let resp = format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{b}",
+                    b.len()
+                );
+                conn.get_mut().write_all(resp.as_bytes()).await?;
+                continue;
+            }
+        }
+        // Forward on a fresh upstream connection that closes after the answer.
+        let forwarded: String = head
+            .lines()
+            .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+            .map(|l| format!("{l}\r\n"))
+            .collect::<String>()
+            + "Connection: close\r\n\r\n";
+        let mut up = TcpStream::connect(upstream).await?;
+        up.write_all(forwarded.as_bytes()).await?;
+        up.write_all(&body).await?;
+        let mut resp = Vec::new();
+        up.read_to_end(&mut resp).await?;
+        conn.get_mut().write_all(&resp).await?;
+        let resp_head = String::from_utf8_lossy(&resp[..resp.len().min(4096)]).to_ascii_lowercase();
+        if resp_head.contains("connection: close") || !resp_head.contains("content-length") {
+            return Ok(());
+        }
+    }
+}

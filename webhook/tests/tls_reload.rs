@@ -1,0 +1,145 @@
+//! The serving certificate is reloaded the way a kubelet updates a mounted Secret:
+//! a new timestamped directory and an atomic rename of the `..data` symlink. New
+//! handshakes get the new certificate, open connections keep working, and broken
+//! new files keep the last good certificate and are counted.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyhole_webhook::metrics::Metrics;
+use keyhole_webhook::tls::CertStore;
+use keyhole_webhook::{App, Config};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca() -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    Ca { pem: cert.pem(), issuer: Issuer::new(params, key) }
+}
+
+/// A leaf for 127.0.0.1: (cert PEM, key PEM, cert DER).
+fn leaf(ca: &Ca) -> (String, String, Vec<u8>) {
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+}
+
+/// Writes `..<ts>/tls.{crt,key}` and points `..data` at it by an atomic rename,
+/// as the kubelet's AtomicWriter does.
+fn kubelet_write(dir: &Path, ts: &str, cert: &str, key: &str) {
+    let data = dir.join(format!("..{ts}"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("tls.crt"), cert).unwrap();
+    std::fs::write(data.join("tls.key"), key).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..{ts}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        if std::fs::symlink_metadata(dir.join(f)).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).unwrap();
+        }
+    }
+}
+
+async fn handshake(addr: std::net::SocketAddr, ca_pem: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector.connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
+}
+
+fn peer_der(s: &tokio_rustls::client::TlsStream<TcpStream>) -> Vec<u8> {
+    s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+async fn healthz(s: &mut tokio_rustls::client::TlsStream<TcpStream>) -> String {
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+use rustls::pki_types::pem::PemObject;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_swapped_through_data_symlink_is_served_and_broken_files_keep_the_last_good() {
+    let ca = ca();
+    let dir = tempfile::tempdir().unwrap();
+    let (c1, k1, d1) = leaf(&ca);
+    kubelet_write(dir.path(), "2026_11_23_01", &c1, &k1);
+
+    let metrics = Arc::new(Metrics::default());
+    let certs = CertStore::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key"), metrics.clone()).unwrap();
+    certs.spawn_reloader(Duration::from_millis(50));
+    let config = Config::parse("injector: {image: x}\nstores: {}\n").unwrap();
+    let app = App::new(config, metrics.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(keyhole_webhook::serve(listener, None, app, certs, async {
+        let _ = stop_rx.await;
+    }));
+
+    let mut first = handshake(addr, &ca.pem).await;
+    assert_eq!(peer_der(&first), d1);
+    assert!(healthz(&mut first).await.starts_with("HTTP/1.1 200"));
+
+    // The kubelet swaps in a new pair.
+    let (c2, k2, d2) = leaf(&ca);
+    kubelet_write(dir.path(), "2026_11_23_02", &c2, &k2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = handshake(addr, &ca.pem).await;
+    assert_eq!(peer_der(&second), d2, "a new handshake did not get the new certificate");
+    assert!(healthz(&mut first).await.starts_with("HTTP/1.1 200"), "the open connection broke");
+
+    // A broken pair (a key that does not match) is refused; the last good one stays.
+    let (c3, _, _) = leaf(&ca);
+    kubelet_write(dir.path(), "2026_11_23_03", &c3, &k2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(peer_der(&handshake(addr, &ca.pem).await), d2);
+    // Garbage, too.
+    kubelet_write(dir.path(), "2026_11_23_04", "not a certificate", "not a key");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(peer_der(&handshake(addr, &ca.pem).await), d2);
+    let text = metrics.encode();
+    let failures: f64 = text
+        .lines()
+        .find(|l| l.starts_with("keyhole_webhook_tls_certificate_reload_failures_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert_eq!(failures, 2.0, "{text}");
+    assert!(text.contains("keyhole_webhook_tls_certificate_expiry_timestamp_seconds "));
+
+    drop(first);
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+}
+
+#[test]
+fn a_broken_pair_at_start_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c"), "junk").unwrap();
+    std::fs::write(dir.path().join("k"), "junk").unwrap();
+    let err = CertStore::load(&dir.path().join("c"), &dir.path().join("k"), Arc::new(Metrics::default())).unwrap_err();
+    assert!(err.to_string().contains("no PEM certificate"), "{err}");
+}
