@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use crate::Ctx;
 use crate::error::{Error, Joined};
 use crate::retry::{Class, Failure, retry, transport_reason};
-use crate::value::{Values, select};
+use crate::value::{Values, item_value};
 
 /// SSM refuses more than ten names in one GetParameters.
 pub const BATCH_SIZE: usize = 10;
@@ -383,13 +383,7 @@ pub async fn fetch(ctx: &Ctx, store: &SsmStore, items: &[PlanItem]) -> Result<Va
             store: ctx.store.clone(),
             names: Joined(vec![r.selected_name()]),
         })?;
-        let value = select(raw, r.key.as_deref()).map_err(|reason| Error::Field {
-            annotation: item.annotation(),
-            store: ctx.store.clone(),
-            reference: r.to_string(),
-            reason,
-        })?;
-        values.insert(item.name.clone(), value);
+        values.insert(item.name.clone(), item_value(item, &ctx.store, r, raw, r.key.as_deref())?);
     }
     Ok(values)
 }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::error::FieldError;
+use keyhole_contract::plan::PlanItem;
+
+use crate::error::{Error, FieldError, StoreRef};
 
 /// Item name -> value, for writing and for templates.
 pub type Values = BTreeMap<String, SecretString>;
@@ -34,6 +36,23 @@ pub fn select(raw: &SecretString, field: Option<&str>) -> Result<SecretString, F
         None => Ok(raw.clone()),
         Some(f) => pick_field(raw, f),
     }
+}
+
+/// The value one item asked for (the whole of `raw`, or its `#field`); a failure
+/// names the item's annotation, the store and the reference, never the value.
+pub fn item_value(
+    item: &PlanItem,
+    store: &StoreRef,
+    reference: &impl std::fmt::Display,
+    raw: &SecretString,
+    field: Option<&str>,
+) -> Result<SecretString, Error> {
+    select(raw, field).map_err(|reason| Error::Field {
+        annotation: item.annotation(),
+        store: store.clone(),
+        reference: reference.to_string(),
+        reason,
+    })
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use vaultrs::error::ClientError;
 use crate::Ctx;
 use crate::error::Error;
 use crate::retry::{Class, Failure, retry, transport_reason};
-use crate::value::{Values, select};
+use crate::value::{Values, item_value};
 
 /// A KV mount as `sys/internal/ui/mounts/<path>` describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -337,13 +337,7 @@ pub async fn fetch(ctx: &Ctx, store: &VaultStore, items: &[PlanItem]) -> Result<
             reference: r.to_string(),
             reason: f.reason.clone(),
         })?;
-        let value = select(whole, r.field.as_deref()).map_err(|reason| Error::Field {
-            annotation: item.annotation(),
-            store: ctx.store.clone(),
-            reference: r.to_string(),
-            reason,
-        })?;
-        values.insert(item.name.clone(), value);
+        values.insert(item.name.clone(), item_value(item, &ctx.store, r, whole, r.field.as_deref())?);
     }
     Ok(values)
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde::Deserialize;
@@ -136,12 +138,7 @@ impl Webhook {
                     let mut c: MutatingWebhookConfiguration = serde_json::from_value(value)?;
                     c.metadata.name = Some(name.into());
                     for w in c.webhooks.iter_mut().flatten() {
-                        let path = w.client_config.service.take().and_then(|s| s.path).context("service path")?;
-                        w.client_config.url = Some(format!("{}{path}", self.url));
-                        w.client_config.ca_bundle = Some(ca.clone());
-                        if selector.is_some() {
-                            w.namespace_selector = selector.clone();
-                        }
+                        self.point(&mut w.client_config, &mut w.namespace_selector, &ca, &selector)?;
                     }
                     Api::<MutatingWebhookConfiguration>::all(bed.client.clone())
                         .create(&PostParams::default(), &c)
@@ -151,12 +148,7 @@ impl Webhook {
                     let mut c: ValidatingWebhookConfiguration = serde_json::from_value(value)?;
                     c.metadata.name = Some(name.into());
                     for w in c.webhooks.iter_mut().flatten() {
-                        let path = w.client_config.service.take().and_then(|s| s.path).context("service path")?;
-                        w.client_config.url = Some(format!("{}{path}", self.url));
-                        w.client_config.ca_bundle = Some(ca.clone());
-                        if selector.is_some() {
-                            w.namespace_selector = selector.clone();
-                        }
+                        self.point(&mut w.client_config, &mut w.namespace_selector, &ca, &selector)?;
                     }
                     Api::<ValidatingWebhookConfiguration>::all(bed.client.clone())
                         .create(&PostParams::default(), &c)
@@ -167,6 +159,23 @@ impl Webhook {
         }
         // The API server picks up new configurations asynchronously.
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        Ok(())
+    }
+
+    /// Sends one webhook entry to this process instead of the manifests' Service.
+    fn point(
+        &self,
+        client: &mut WebhookClientConfig,
+        namespace_selector: &mut Option<LabelSelector>,
+        ca: &ByteString,
+        only: &Option<LabelSelector>,
+    ) -> Result<()> {
+        let path = client.service.take().and_then(|s| s.path).context("service path")?;
+        client.url = Some(format!("{}{path}", self.url));
+        client.ca_bundle = Some(ca.clone());
+        if only.is_some() {
+            namespace_selector.clone_from(only);
+        }
         Ok(())
     }
 
