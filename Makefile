@@ -38,6 +38,7 @@ bench: bed-deps
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -p keyhole-testbed --bin keyhole-bench
 	KEYHOLE_BENCH_BIN=$(CURDIR)/target/release/keyhole-injector $(CARGO) test --release -p keyhole-testbed --test e2e_injector -- bench --nocapture
+	KEYHOLE_ROLLOUT_REPLICAS=50 $(CARGO) test --release -p keyhole-testbed --test e2e_secret -- bench --nocapture
 
 ## The main job end to end on the local control plane.
 demo: bed-deps

@@ -8,7 +8,9 @@
 use std::fmt;
 
 use keyhole_contract::StoreKind;
-use keyhole_contract::annotations;
+use keyhole_contract::{annotations, names};
+
+use crate::secret::SecretError;
 
 /// The store an error happened on: `store "aws" (aws-ssm)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,8 +46,28 @@ pub enum Error {
     #[error("{0}")]
     Plan(String),
 
-    #[error("{annotation}: {store}: secret output is not implemented yet: write {annotation}: files", annotation = annotations::OUTPUT)]
-    SecretOutputNotImplemented { store: StoreRef },
+    #[error("{annotation}: {store}: cannot reach the API server for the Secret: {reason}", annotation = annotations::OUTPUT)]
+    SecretSetup { store: StoreRef, reason: String },
+
+    #[error("{annotation}: {store}: {doing} Secret {secret} failed: {reason}", annotation = annotations::OUTPUT)]
+    SecretApi { store: StoreRef, secret: String, doing: &'static str, reason: String },
+
+    #[error(
+        "{annotation}: {store}: Secret {secret} exists and keyhole does not manage it (no label {label}={value}): keyhole never overwrites it; rename or delete that Secret, or write {annotation}: files",
+        annotation = annotations::OUTPUT,
+        label = names::MANAGED_BY_LABEL,
+        value = names::MANAGED_BY_VALUE
+    )]
+    SecretForeign { store: StoreRef, secret: String },
+
+    #[error(
+        "{annotation}: {store}: Secret {secret} was made by keyhole for another plan (digest {found:.12}, this pod's {wanted:.12}): the store configuration changed during this revision; roll the workload out (kubectl rollout restart) for a new revision and a new Secret",
+        annotation = annotations::OUTPUT
+    )]
+    SecretOtherPlan { store: StoreRef, secret: String, found: String, wanted: String },
+
+    #[error("{annotation}: {store}: Secret {secret} is keyhole's but {reason}: delete it and the next pod makes it anew", annotation = annotations::OUTPUT)]
+    SecretMalformed { store: StoreRef, secret: String, reason: String },
 
     #[error("{annotation}: {store}: cannot read the projected service-account token {path}: {reason}", annotation = annotations::STORE)]
     Token { store: StoreRef, path: String, reason: String },
@@ -88,6 +110,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// Adds the store and the Secret's `namespace/name` to a Secret output error.
+    pub fn secret(store: &StoreRef, target: Option<&crate::secret::Target>, e: SecretError) -> Error {
+        let store = store.clone();
+        let secret = target.map(|t| t.id()).unwrap_or_default();
+        match e {
+            SecretError::Setup(reason) => Error::SecretSetup { store, reason },
+            SecretError::Api { doing, reason } => Error::SecretApi { store, secret, doing, reason },
+            SecretError::Foreign => Error::SecretForeign { store, secret },
+            SecretError::OtherPlan { found, wanted } => Error::SecretOtherPlan { store, secret, found, wanted },
+            SecretError::Malformed(reason) => Error::SecretMalformed { store, secret, reason },
+        }
+    }
+
     /// The one line the kubelet shows in `kubectl describe pod`: no line breaks,
     /// and short enough for the termination log's 4 KiB.
     pub fn termination_message(&self) -> String {

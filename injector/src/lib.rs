@@ -10,6 +10,7 @@
 pub mod error;
 pub mod output;
 pub mod retry;
+pub mod secret;
 pub mod ssm;
 pub mod value;
 pub mod vault;
@@ -27,6 +28,7 @@ use tracing::level_filters::LevelFilter;
 use zeroize::Zeroizing;
 
 pub use crate::error::{Error, StoreRef};
+pub use crate::secret::PodIdentity;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -69,6 +71,29 @@ pub struct Args {
 pub struct Report {
     pub values: usize,
     pub files: usize,
+    /// What happened to the revision's Secret, for Secret output.
+    pub secret: Option<SecretOutcome>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretOutcome {
+    /// This pod fetched the values and created the Secret.
+    Created,
+    /// This pod fetched the values, but another pod of the revision created the
+    /// Secret first; its values are used.
+    CreatedByAnother,
+    /// The Secret was there: no backend call.
+    Reused,
+}
+
+impl SecretOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretOutcome::Created => "created",
+            SecretOutcome::CreatedByAnother => "created-by-another-pod",
+            SecretOutcome::Reused => "reused",
+        }
+    }
 }
 
 /// What every backend call needs.
@@ -130,14 +155,22 @@ impl Args {
         let span = tracing::info_span!("injector", store = %store, kind, pod = %pod, pod_uid = pod_uid.as_deref().unwrap_or("-"));
         let result = async {
             let plan = loaded?;
-            execute(&plan, deadline, pod_name).await
+            let pod =
+                PodIdentity { namespace: pod_namespace.as_deref(), name: pod_name.as_deref(), uid: pod_uid.as_deref() };
+            execute(&plan, deadline, &pod).await
         }
         .instrument(span.clone())
         .await;
         let _entered = span.enter();
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
-            Ok(report) => tracing::info!(values = report.values, files = report.files, elapsed_ms, "done"),
+            Ok(report) => tracing::info!(
+                values = report.values,
+                files = report.files,
+                secret = report.secret.map(SecretOutcome::as_str).unwrap_or("-"),
+                elapsed_ms,
+                "done"
+            ),
             Err(e) => {
                 tracing::error!(error = %e, elapsed_ms, "failed");
                 if let Err(io) = std::fs::write(&termination_log, e.termination_message()) {
@@ -165,7 +198,7 @@ fn load_plan(json: Option<&str>, file: Option<&Path>) -> Result<Plan, Error> {
 }
 
 /// Reads the projected token; it never leaves a `SecretString` after this.
-fn read_token(path: &str) -> Result<SecretString, String> {
+pub(crate) fn read_token(path: &str) -> Result<SecretString, String> {
     let raw = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| e.to_string())?);
     let token = raw.trim();
     if token.is_empty() {
@@ -174,27 +207,78 @@ fn read_token(path: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(token.to_owned()))
 }
 
-/// Fetches, renders and writes what `plan` asks for.
-pub async fn execute(plan: &Plan, deadline_override: Option<u64>, pod_name: Option<String>) -> Result<Report, Error> {
+/// Fetches, renders and writes what `plan` asks for: files, a Secret, or both.
+pub async fn execute(plan: &Plan, deadline_override: Option<u64>, pod: &PodIdentity<'_>) -> Result<Report, Error> {
     let store = StoreRef { name: plan.store_name.clone(), kind: plan.store.kind() };
-    if plan.secret.is_some() {
-        return Err(Error::SecretOutputNotImplemented { store });
-    }
     let seconds = deadline_override.unwrap_or(plan.deadline_seconds).max(1);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     tracing::info!(
         role = %plan.role,
         items = plan.items.len(),
         templates = plan.templates.len(),
+        secret = plan.secret.is_some(),
+        files = plan.output_dir.is_some(),
         deadline_s = seconds,
         "starting"
     );
+    let target = match &plan.secret {
+        Some(t) => Some(secret::Target::new(t, pod).map_err(|e| Error::secret(&store, None, e))?),
+        None => None,
+    };
+    let digest = plan.digest();
+
+    if let Some(t) = &target {
+        let err = |e| Error::secret(&store, Some(t), e);
+        // A later pod of the revision: the Secret holds its values; the backend
+        // is not asked, so pods still start while it is down.
+        let mut found = t.find(&digest, deadline).await.map_err(err)?;
+        if found.is_none()
+            && let secret::Claim::Theirs { holder, until } = t.claim(deadline).await.map_err(err)?
+        {
+            tracing::info!(secret = %t.id(), holder = %holder, "another pod of this revision is fetching: waiting for its Secret");
+            found = t.wait(&digest, until, deadline).await.map_err(err)?;
+            if found.is_none() {
+                tracing::warn!(secret = %t.id(), holder = %holder, "its claim lapsed without a Secret: fetching");
+            }
+        }
+        if let Some(data) = found {
+            tracing::info!(secret = %t.id(), "found this revision's Secret: no backend call");
+            let files = write_files(plan, &store, &data)?;
+            return Ok(Report { values: plan.items.len(), files, secret: Some(SecretOutcome::Reused) });
+        }
+    }
+
+    let (values, rendered) = fetch(plan, &store, deadline, seconds, pod.name).await?;
+    let n_values = values.len();
+    let mut data: Vec<(String, SecretString)> = values.into_iter().collect();
+    data.extend(rendered);
+    let mut outcome = None;
+    if let Some(t) = &target {
+        let (winner, created) =
+            t.create(&digest, data, deadline).await.map_err(|e| Error::secret(&store, Some(t), e))?;
+        outcome = Some(if created { SecretOutcome::Created } else { SecretOutcome::CreatedByAnother });
+        tracing::info!(secret = %t.id(), created, "the revision's Secret is in place");
+        data = winner;
+    }
+    let files = write_files(plan, &store, &data)?;
+    Ok(Report { values: n_values, files, secret: outcome })
+}
+
+/// Logs in, fetches every value and renders the templates.
+async fn fetch(
+    plan: &Plan,
+    store: &StoreRef,
+    deadline: Instant,
+    seconds: u64,
+    pod_name: Option<&str>,
+) -> Result<(value::Values, Vec<(String, SecretString)>), Error> {
     let token = read_token(&plan.token_path).map_err(|reason| Error::Token {
         store: store.clone(),
         path: plan.token_path.clone(),
         reason,
     })?;
-    let ctx = Ctx { store: store.clone(), role: plan.role.clone(), token, deadline, pod_name };
+    let ctx =
+        Ctx { store: store.clone(), role: plan.role.clone(), token, deadline, pod_name: pod_name.map(str::to_owned) };
     let fetch = async {
         match &plan.store {
             Store::AwsSsm(s) => ssm::fetch(&ctx, s, &plan.items).await,
@@ -214,21 +298,28 @@ pub async fn execute(plan: &Plan, deadline_override: Option<u64>, pod_name: Opti
         store: store.clone(),
         reason: e.reason,
     })?;
-    let n_values = values.len();
+    Ok((values, rendered))
+}
+
+/// Writes the files if the plan has an output dir; how many.
+fn write_files(plan: &Plan, store: &StoreRef, files: &[(String, SecretString)]) -> Result<usize, Error> {
     let Some(dir) = &plan.output_dir else {
-        return Ok(Report { values: n_values, files: 0 });
+        return Ok(0);
     };
-    let mut files: Vec<(String, SecretString)> = values.into_iter().collect();
-    files.extend(rendered);
-    output::write_atomic(Path::new(dir), &files, plan.file_mode).map_err(|e| {
+    output::write_atomic(Path::new(dir), files, plan.file_mode).map_err(|e| {
         let annotation = match &e.name {
             Some(n) if plan.items.iter().any(|i| &i.name == n) => InjectSpec::secret_annotation(n),
             Some(n) => InjectSpec::template_annotation(n),
             None => annotations::OUTPUT.to_owned(),
         };
-        Error::Write { annotations: error::Joined(vec![annotation]), store, dir: dir.clone(), reason: e.to_string() }
+        Error::Write {
+            annotations: error::Joined(vec![annotation]),
+            store: store.clone(),
+            dir: dir.clone(),
+            reason: e.to_string(),
+        }
     })?;
-    Ok(Report { values: n_values, files: files.len() })
+    Ok(files.len())
 }
 
 #[cfg(test)]

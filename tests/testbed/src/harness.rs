@@ -13,9 +13,20 @@ use crate::Bed;
 
 pub type TestFn = for<'a> fn(&'a Bed) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 
-/// `tests: [(name, fn)]`. Prints the libtest summary line CI reads.
+/// `tests: [(name, fn)]`, in parallel. Prints the libtest summary line CI reads.
 pub fn run(tests: Vec<(&'static str, TestFn)>) -> ! {
-    let args = Arguments::from_args();
+    run_with(Arguments::from_args(), tests)
+}
+
+/// Like [`run`], one test at a time in the order given: for a binary whose last
+/// test takes parts of the bed down.
+pub fn run_in_order(tests: Vec<(&'static str, TestFn)>) -> ! {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    run_with(args, tests)
+}
+
+fn run_with(args: Arguments, tests: Vec<(&'static str, TestFn)>) -> ! {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
 
     // Nothing to run (filtered out, or --list): don't pay for a bed.

@@ -143,7 +143,12 @@ pub async fn run_init_container(bed: &Bed, pod: &Pod, opts: &InitOpts) -> Result
         container.termination_message_path.clone().unwrap_or_else(|| names::TERMINATION_LOG.to_owned());
     mounts.push(Mount { host: termlog.clone(), target: termlog_target, read_only: false });
 
-    let env = container_env(container, name, ns, uid, sa, &opts.extra_env)?;
+    let mut env = container_env(container, name, ns, uid, sa, &opts.extra_env)?;
+    // The kubelet's service links: how in-cluster clients find the API server.
+    let api = bed.api_url.trim_start_matches("https://");
+    let (api_host, api_port) = api.rsplit_once(':').context("the bed's API URL has no port")?;
+    env.entry("KUBERNETES_SERVICE_HOST".into()).or_insert_with(|| api_host.to_owned());
+    env.entry("KUBERNETES_SERVICE_PORT".into()).or_insert_with(|| api_port.to_owned());
     let argv = container_argv(container)?;
     let sandbox = bwrap_args(&mounts)?;
 

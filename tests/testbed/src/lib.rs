@@ -13,6 +13,7 @@ pub mod harness;
 pub mod kubelet;
 pub mod pki;
 pub mod proc;
+pub mod proxy;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};
@@ -88,7 +89,8 @@ pub struct Bed {
     pub k8s_version: String,
     pub started_in: Duration,
     pub http: reqwest::Client,
-    procs: Vec<Proc>,
+    /// Behind a lock so a fault test can stop one part through `&Bed`.
+    procs: std::sync::Mutex<Vec<Proc>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -225,12 +227,12 @@ impl Bed {
             k8s_version: String::new(),
             started_in: Duration::ZERO,
             http,
-            procs,
+            procs: std::sync::Mutex::new(procs),
             _tmp: Some(tmp),
         };
 
         bed.wait_ready("kube-apiserver /readyz", Duration::from_secs(90), format!("{api_url}/readyz")).await?;
-        bed.procs.push(Proc::spawn(
+        bed.procs.get_mut().unwrap().push(Proc::spawn(
             "kube-controller-manager",
             &bed.parts.kube_bed,
             &args(&[
@@ -267,7 +269,7 @@ impl Bed {
     async fn wait_ready(&mut self, what: &str, timeout: Duration, url: String) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            for p in &mut self.procs {
+            for p in self.procs.get_mut().unwrap().iter_mut() {
                 p.check_running()?;
             }
             if let Ok(r) = self.http.get(&url).timeout(Duration::from_secs(2)).send().await
@@ -471,12 +473,13 @@ impl Bed {
 
     /// Name and PID of every running part.
     pub fn pids(&self) -> Vec<(String, u32)> {
-        self.procs.iter().filter_map(|p| p.pid().map(|pid| (p.name.clone(), pid))).collect()
+        self.procs.lock().unwrap().iter().filter_map(|p| p.pid().map(|pid| (p.name.clone(), pid))).collect()
     }
 
-    /// Stops one part by name (for fault tests); returns whether it was running.
-    pub fn stop_part(&mut self, name: &str) -> bool {
-        match self.procs.iter_mut().find(|p| p.name == name) {
+    /// Stops one part by name (for fault tests: the bed is not whole afterwards);
+    /// returns whether it was running.
+    pub fn stop_part(&self, name: &str) -> bool {
+        match self.procs.lock().unwrap().iter_mut().find(|p| p.name == name) {
             Some(p) => {
                 p.stop(Duration::from_secs(5));
                 true
@@ -487,7 +490,7 @@ impl Bed {
 
     /// Stops everything, newest first; the temp dir goes too unless `keep` says so.
     pub fn stop(&mut self, keep: bool) {
-        while let Some(mut p) = self.procs.pop() {
+        while let Some(mut p) = self.procs.get_mut().unwrap().pop() {
             p.stop(Duration::from_secs(5));
         }
         if keep && let Some(tmp) = self._tmp.take() {

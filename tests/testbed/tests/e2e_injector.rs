@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -19,11 +19,10 @@ use keyhole_contract::plan::{self, Plan, PodFacts};
 use keyhole_contract::{Stores, annotations, names};
 use keyhole_testbed::kubelet::{InitOpts, InitOutcome, run_init_container};
 use keyhole_testbed::proc::free_port;
+use keyhole_testbed::proxy::Proxy;
 use keyhole_testbed::{Bed, create_service_account, e2e_tests};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 
 fn main() {
     keyhole_testbed::harness::run(e2e_tests![
@@ -497,7 +496,7 @@ async fn ssm_throttling_is_retried_with_backoff(bed: &Bed) -> Result<()> {
     let ssm = bed.ssm_admin().await;
     let v = secret("throttled");
     put(&ssm, &format!("/{ns}/pw"), &v, false).await?;
-    let proxy = ThrottleProxy::start(&bed.moto_url, 3).await?;
+    let proxy = Proxy::throttling(&bed.moto_url, 3).await?;
     let extra = json!({"aws-throttled": {"kind": "aws-ssm", "region": "us-east-1", "endpoint": proxy.url,
                                           "stsEndpoint": bed.moto_url, "defaultRole": ROLE_ARN}});
     let a = ann(&[("keyhole.dev/store", "aws-throttled"), ("keyhole.dev/secret-pw", &format!("/{ns}/pw"))]);
@@ -505,7 +504,7 @@ async fn ssm_throttling_is_retried_with_backoff(bed: &Bed) -> Result<()> {
     let out = run(bed, &pod, &[]).await?;
     ensure!(out.success(), "{}", out.describe());
     check_file(&out, "pw", &v, 0o400)?;
-    let (calls, throttled) = (proxy.calls.load(Ordering::SeqCst), proxy.throttled.load(Ordering::SeqCst));
+    let (calls, throttled) = (proxy.count_of("AmazonSSM.GetParameters"), proxy.throttled());
     ensure!(throttled == 3 && calls == 4, "proxy saw {calls} GetParameters, throttled {throttled}");
     let retries =
         out.stderr.lines().filter(|l| l.contains("\"retrying\"") && l.contains("ThrottlingException")).count();
@@ -569,97 +568,4 @@ async fn no_secret_value_or_token_in_any_output(_bed: &Bed) -> Result<()> {
         scan(p)?;
     }
     Ok(())
-}
-
-// ---- a fault-injecting proxy -----------------------------------------------
-
-/// Answers the first `n` SSM GetParameters calls with `400 ThrottlingException`
-/// and forwards everything else to the upstream.
-struct ThrottleProxy {
-    url: String,
-    calls: Arc<AtomicU32>,
-    throttled: Arc<AtomicU32>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ThrottleProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl ThrottleProxy {
-    async fn start(upstream: &str, n: u32) -> Result<ThrottleProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_owned();
-        let calls = Arc::new(AtomicU32::new(0));
-        let throttled = Arc::new(AtomicU32::new(0));
-        let (c, t) = (calls.clone(), throttled.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                let (upstream, c, t) = (upstream.clone(), c.clone(), t.clone());
-                tokio::spawn(async move {
-                    let _ = serve(sock, &upstream, n, &c, &t).await;
-                });
-            }
-        });
-        Ok(ThrottleProxy { url, calls, throttled, task })
-    }
-}
-
-async fn serve(sock: TcpStream, upstream: &str, n: u32, calls: &AtomicU32, throttled: &AtomicU32) -> Result<()> {
-    let mut conn = BufReader::new(sock);
-    loop {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            if conn.read_line(&mut line).await? == 0 {
-                return Ok(());
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
-        let header = |name: &str| {
-            head.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-            })
-        };
-        let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let mut body = vec![0; len];
-        conn.read_exact(&mut body).await?;
-        if header("x-amz-target").as_deref() == Some("AmazonSSM.GetParameters") {
-            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
-            if call <= n {
-                throttled.fetch_add(1, Ordering::SeqCst);
-                let b = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
-                let resp = format!(
-                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{b}",
-                    b.len()
-                );
-                conn.get_mut().write_all(resp.as_bytes()).await?;
-                continue;
-            }
-        }
-        // Forward on a fresh upstream connection that closes after the answer.
-        let forwarded: String = head
-            .lines()
-            .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-            .map(|l| format!("{l}\r\n"))
-            .collect::<String>()
-            + "Connection: close\r\n\r\n";
-        let mut up = TcpStream::connect(upstream).await?;
-        up.write_all(forwarded.as_bytes()).await?;
-        up.write_all(&body).await?;
-        let mut resp = Vec::new();
-        up.read_to_end(&mut resp).await?;
-        conn.get_mut().write_all(&resp).await?;
-        let resp_head = String::from_utf8_lossy(&resp[..resp.len().min(4096)]).to_ascii_lowercase();
-        if resp_head.contains("connection: close") || !resp_head.contains("content-length") {
-            return Ok(());
-        }
-    }
 }

@@ -1,0 +1,602 @@
+//! Secret output end to end: Deployments whose pods the real controller-manager
+//! creates and the real webhook mutates; each pod's injector run as the kubelet
+//! would run it; OpenBao and moto behind counting proxies, so every backend
+//! request is seen.
+//!
+//! One test at a time, in order: the last one stops OpenBao and moto for good.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use aws_sdk_ssm::types::ParameterType;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use keyhole_contract::names;
+use keyhole_testbed::kubelet::{InitOpts, InitOutcome, run_init_container};
+use keyhole_testbed::proc::wait_until;
+use keyhole_testbed::proxy::Proxy;
+use keyhole_testbed::webhook::{Webhook, repo_root};
+use keyhole_testbed::{Bed, create_service_account, e2e_tests};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+fn main() {
+    keyhole_testbed::harness::run_in_order(e2e_tests![
+        three_replicas_share_one_secret_owned_by_the_replicaset,
+        a_new_revision_gets_a_new_secret_and_the_old_one_is_garbage_collected,
+        pods_starting_at_once_fetch_once_and_a_lost_create_uses_the_winner,
+        a_foreign_or_other_plan_secret_is_an_error_and_is_left_untouched,
+        bench_backend_requests_for_a_rollout_secret_against_files,
+        with_the_backends_stopped_scaling_to_5_still_starts_the_new_pods,
+    ]);
+}
+
+const SA: &str = "app";
+const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/app";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Vault,
+    Aws,
+}
+
+struct Ctx {
+    /// Kept running for the whole binary.
+    _hook: Webhook,
+    vault: Proxy,
+    aws: Proxy,
+}
+
+impl Ctx {
+    fn proxy(&self, b: Backend) -> &Proxy {
+        match b {
+            Backend::Vault => &self.vault,
+            Backend::Aws => &self.aws,
+        }
+    }
+}
+
+static CTX: OnceCell<Ctx> = OnceCell::const_new();
+
+/// The webhook, registered, with both stores behind counting proxies.
+async fn ctx(bed: &Bed) -> Result<&'static Ctx> {
+    CTX.get_or_try_init(|| async {
+        let vault = Proxy::start(&bed.vault_addr).await?;
+        let aws = Proxy::start(&bed.moto_url).await?;
+        let config = format!(
+            r#"injector:
+  image: ghcr.io/keyhole/keyhole:0.1.0
+defaultStore: vault
+stores:
+  vault:
+    kind: vault
+    address: {vault}
+    auth: {{method: kubernetes}}
+    audience: vault
+  aws:
+    kind: aws-ssm
+    region: us-east-1
+    audience: sts.amazonaws.com
+    endpoint: {aws}
+    stsEndpoint: {aws}
+    defaultRole: {ROLE_ARN}
+"#,
+            vault = vault.url,
+            aws = aws.url
+        );
+        let hook = Webhook::start(&config).await?;
+        hook.register(bed, "keyhole-secret-e2e", None).await?;
+        Ok(Ctx { _hook: hook, vault, aws })
+    })
+    .await
+}
+
+// ---- values and the leak scan ------------------------------------------------
+
+static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn value(what: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let v = format!("sv-{what}-{}-{n}", std::process::id());
+    SECRETS.lock().unwrap().push(v.clone());
+    v
+}
+
+/// Runs the pod's injector as the kubelet would; fails if it printed a value or token.
+async fn run(bed: &Bed, pod: &Pod) -> Result<InitOutcome> {
+    let out = run_init_container(bed, pod, &InitOpts::default()).await?;
+    let mut secrets = SECRETS.lock().unwrap();
+    secrets.extend(out.tokens.iter().cloned());
+    let printed = out.printed();
+    if let Some(i) = secrets.iter().position(|s| printed.contains(s.as_str())) {
+        bail!("secret #{i} appears in what the injector of {} printed", pod.metadata.name.as_deref().unwrap_or("-"));
+    }
+    Ok(out)
+}
+
+/// The `secret` field of the injector's final log line: created, reused, ...
+fn outcome(out: &InitOutcome) -> String {
+    out.stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "done")
+        .and_then(|v| v["secret"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn ok(out: &InitOutcome, pod: &Pod) -> Result<()> {
+    ensure!(out.success(), "injector of {}: {}", pod.metadata.name.as_deref().unwrap_or("-"), out.describe());
+    Ok(())
+}
+
+// ---- the namespace, the backend, the workload ---------------------------------
+
+/// A namespace with the workload's service account, the Role and RoleBinding
+/// from manifests/examples/secret-output-rbac.yaml, and a Vault role.
+async fn namespace(bed: &Bed, prefix: &str) -> Result<String> {
+    let ns = bed.namespace(prefix).await?;
+    create_service_account(&bed.client, &ns, SA).await?;
+    let text = std::fs::read_to_string(repo_root().join("manifests/examples/secret-output-rbac.yaml"))?
+        .replace("namespace: shop", &format!("namespace: {ns}"))
+        .replace("name: shop-api\n", &format!("name: {SA}\n"));
+    let docs: Vec<Value> =
+        serde_yaml::Deserializer::from_str(&text).map(serde::Deserialize::deserialize).collect::<Result<_, _>>()?;
+    for v in docs {
+        match v["kind"].as_str() {
+            Some("Role") => {
+                let role: Role = serde_json::from_value(v)?;
+                Api::<Role>::namespaced(bed.client.clone(), &ns).create(&PostParams::default(), &role).await?;
+            }
+            Some("RoleBinding") => {
+                let rb: RoleBinding = serde_json::from_value(v)?;
+                Api::<RoleBinding>::namespaced(bed.client.clone(), &ns).create(&PostParams::default(), &rb).await?;
+            }
+            other => bail!("unexpected {other:?} in secret-output-rbac.yaml"),
+        }
+    }
+    bed.vault_policy(&ns, &[&format!("secret/data/{ns}/*")]).await?;
+    bed.vault_kubernetes_role(&ns, &ns, SA, "vault", &ns).await?;
+    Ok(ns)
+}
+
+/// Sets the value behind `DB_PASSWORD` in the backend (a new version if it exists).
+async fn seed(bed: &Bed, b: Backend, ns: &str, v: &str) -> Result<()> {
+    match b {
+        Backend::Vault => {
+            bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"password": v}}))).await?;
+        }
+        Backend::Aws => {
+            bed.ssm_admin()
+                .await
+                .put_parameter()
+                .name(format!("/{ns}/db"))
+                .value(v)
+                .r#type(ParameterType::SecureString)
+                .overwrite(true)
+                .send()
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn annotations(b: Backend, ns: &str, output: &str) -> Value {
+    match b {
+        Backend::Vault => json!({"keyhole.dev/inject": "true", "keyhole.dev/output": output, "keyhole.dev/role": ns,
+                                 "keyhole.dev/secret-DB_PASSWORD": format!("secret/{ns}/db#password")}),
+        Backend::Aws => json!({"keyhole.dev/inject": "true", "keyhole.dev/output": output, "keyhole.dev/store": "aws",
+                               "keyhole.dev/secret-DB_PASSWORD": format!("/{ns}/db")}),
+    }
+}
+
+/// A Deployment whose pods hold no API token of their own: keyhole mounts one
+/// into the injector only. New revisions come up in full at once (maxSurge 100%).
+async fn deploy(bed: &Bed, ns: &str, name: &str, replicas: i32, annotations: Value) -> Result<Deployment> {
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "strategy": {"rollingUpdate": {"maxSurge": "100%", "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": annotations},
+                "spec": {
+                    "serviceAccountName": SA,
+                    "automountServiceAccountToken": false,
+                    "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+                    "containers": [{"name": "app", "image": "registry.example/app:1"}]
+                }
+            }
+        }
+    }))?;
+    Ok(Api::<Deployment>::namespaced(bed.client.clone(), ns).create(&PostParams::default(), &d).await?)
+}
+
+/// The Deployment's newest ReplicaSet (by revision), once it exists.
+async fn newest_rs(bed: &Bed, ns: &str, app: &str, min_revision: u32) -> Result<ReplicaSet> {
+    let api: Api<ReplicaSet> = Api::namespaced(bed.client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("app={app}"));
+    let revision = |rs: &ReplicaSet| -> u32 {
+        rs.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0)
+    };
+    for _ in 0..300 {
+        if let Some(rs) = api.list(&lp).await?.items.into_iter().max_by_key(revision)
+            && revision(&rs) >= min_revision
+        {
+            return Ok(rs);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no ReplicaSet of revision {min_revision} for {ns}/{app}")
+}
+
+/// The pods of one ReplicaSet, at least `n`, oldest first.
+async fn pods_of(bed: &Bed, ns: &str, rs: &ReplicaSet, n: usize) -> Result<Vec<Pod>> {
+    let api: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
+    let uid = rs.metadata.uid.clone().context("rs uid")?;
+    let mine = move |p: &Pod| p.metadata.owner_references.iter().flatten().any(|o| o.uid == uid);
+    let name = rs.metadata.name.clone().unwrap_or_default();
+    let mut found = Vec::new();
+    for _ in 0..600 {
+        found = api.list(&ListParams::default()).await?.items.into_iter().filter(&mine).collect();
+        if found.len() >= n {
+            found.sort_by(|a, b| {
+                (&a.metadata.creation_timestamp, &a.metadata.name)
+                    .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+            });
+            return Ok(found);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{} pods of {ns}/{name}, wanted {n}", found.len())
+}
+
+fn secret_name(rs: &ReplicaSet) -> String {
+    format!("keyhole-{}", rs.metadata.name.as_deref().unwrap_or_default())
+}
+
+async fn get_secret(bed: &Bed, ns: &str, name: &str) -> Result<Option<Secret>> {
+    Ok(Api::<Secret>::namespaced(bed.client.clone(), ns).get_opt(name).await?)
+}
+
+/// Checks the revision's Secret: immutable, keyhole's, owned by `rs`, holding `want`.
+async fn check_secret(bed: &Bed, ns: &str, rs: &ReplicaSet, want: &str) -> Result<Secret> {
+    let name = secret_name(rs);
+    let s = get_secret(bed, ns, &name).await?.with_context(|| format!("no Secret {ns}/{name}"))?;
+    ensure!(s.immutable == Some(true), "{name} is not immutable");
+    let labels = s.metadata.labels.clone().unwrap_or_default();
+    ensure!(labels.get(names::MANAGED_BY_LABEL).map(String::as_str) == Some("keyhole"), "{name} is not labelled");
+    let owners = s.metadata.owner_references.clone().unwrap_or_default();
+    ensure!(
+        owners.len() == 1
+            && owners[0].kind == "ReplicaSet"
+            && Some(&owners[0].uid) == rs.metadata.uid.as_ref()
+            && owners[0].controller == Some(true),
+        "{name} is not owned by its ReplicaSet: {:?}",
+        owners.iter().map(|o| (&o.kind, &o.name)).collect::<Vec<_>>()
+    );
+    ensure!(
+        s.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("keyhole.dev/plan-digest")),
+        "{name} has no plan digest"
+    );
+    let data = s.data.clone().unwrap_or_default();
+    ensure!(data.keys().collect::<Vec<_>>() == ["DB_PASSWORD"], "{name} keys: {:?}", data.keys());
+    ensure!(data["DB_PASSWORD"].0 == want.as_bytes(), "{name}: DB_PASSWORD is not the backend's current value");
+    Ok(s)
+}
+
+/// The app container takes the Secret through envFrom (what the webhook adds).
+fn check_env_from(pod: &Pod, secret: &str) -> Result<()> {
+    let app = &pod.spec.as_ref().context("spec")?.containers[0];
+    let refs: Vec<&str> =
+        app.env_from.iter().flatten().filter_map(|e| e.secret_ref.as_ref().map(|r| r.name.as_str())).collect();
+    ensure!(refs == [secret], "app container envFrom secrets: {refs:?}, want [{secret}]");
+    Ok(())
+}
+
+fn file(out: &InitOutcome, name: &str) -> Result<String> {
+    Ok(std::fs::read_to_string(out.volume(names::SECRETS_VOLUME)?.join(name))?)
+}
+
+// ---- tests -------------------------------------------------------------------
+
+async fn three_replicas_share_one_secret_owned_by_the_replicaset(bed: &Bed) -> Result<()> {
+    let c = ctx(bed).await?;
+    // Vault with output "both" (files too), SSM with output "secret".
+    for (b, output) in [(Backend::Vault, "both"), (Backend::Aws, "secret")] {
+        let ns = namespace(bed, "sec-three").await?;
+        let v = value("three");
+        seed(bed, b, &ns, &v).await?;
+        deploy(bed, &ns, "web", 3, annotations(b, &ns, output)).await?;
+        let rs = newest_rs(bed, &ns, "web", 1).await?;
+        let pods = pods_of(bed, &ns, &rs, 3).await?;
+        let proxy = c.proxy(b);
+        let before = proxy.count();
+        let mut per_pod = Vec::new();
+        for (i, pod) in pods.iter().enumerate() {
+            check_env_from(pod, &secret_name(&rs))?;
+            let out = run(bed, pod).await?;
+            ok(&out, pod)?;
+            let want = if i == 0 { "created" } else { "reused" };
+            ensure!(outcome(&out) == want, "{b:?} pod {i}: secret {}, want {want}", outcome(&out));
+            if output == "both" {
+                ensure!(file(&out, "DB_PASSWORD")? == v, "{b:?} pod {i}: the file is not the backend's value");
+            }
+            per_pod.push(proxy.count() - before - per_pod.iter().sum::<usize>());
+        }
+        check_secret(bed, &ns, &rs, &v).await?;
+        ensure!(per_pod[0] > 0 && per_pod[1..] == [0, 0], "{b:?}: backend requests per pod {per_pod:?}");
+        eprintln!("    {b:?} ({output}): backend requests per pod, in start order: {per_pod:?}");
+    }
+    Ok(())
+}
+
+async fn a_new_revision_gets_a_new_secret_and_the_old_one_is_garbage_collected(bed: &Bed) -> Result<()> {
+    ctx(bed).await?;
+    for b in [Backend::Vault, Backend::Aws] {
+        let ns = namespace(bed, "sec-rev").await?;
+        let v1 = value("rev1");
+        seed(bed, b, &ns, &v1).await?;
+        deploy(bed, &ns, "web", 1, annotations(b, &ns, "secret")).await?;
+        let rs1 = newest_rs(bed, &ns, "web", 1).await?;
+        let pod = pods_of(bed, &ns, &rs1, 1).await?.remove(0);
+        ok(&run(bed, &pod).await?, &pod)?;
+
+        // The value changes in the backend; the pod template changes (as the
+        // rotation controller's patch does): a new revision.
+        let v2 = value("rev2");
+        seed(bed, b, &ns, &v2).await?;
+        let patch = json!({"spec": {"template": {"metadata": {"annotations": {"keyhole.dev/versions": "test-2"}}}}});
+        Api::<Deployment>::namespaced(bed.client.clone(), &ns)
+            .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let rs2 = newest_rs(bed, &ns, "web", 2).await?;
+        ensure!(rs2.metadata.uid != rs1.metadata.uid, "no new ReplicaSet");
+        let pod2 = pods_of(bed, &ns, &rs2, 1).await?.remove(0);
+        check_env_from(&pod2, &secret_name(&rs2))?;
+        let out = run(bed, &pod2).await?;
+        ok(&out, &pod2)?;
+        ensure!(outcome(&out) == "created", "{b:?}: the new revision's first pod: {}", outcome(&out));
+        check_secret(bed, &ns, &rs2, &v2).await?;
+        check_secret(bed, &ns, &rs1, &v1).await.context("the old revision's Secret keeps its values")?;
+
+        // The old ReplicaSet goes: the garbage collector takes its Secret.
+        let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+        Api::<ReplicaSet>::namespaced(bed.client.clone(), &ns)
+            .delete(rs1.metadata.name.as_deref().unwrap_or_default(), &dp)
+            .await?;
+        let old = secret_name(&rs1);
+        wait_until(&format!("{ns}/{old} garbage-collected"), Duration::from_secs(60), || async {
+            matches!(get_secret(bed, &ns, &old).await, Ok(None))
+        })
+        .await?;
+        ensure!(get_secret(bed, &ns, &secret_name(&rs2)).await?.is_some(), "the new revision's Secret went too");
+    }
+    Ok(())
+}
+
+async fn pods_starting_at_once_fetch_once_and_a_lost_create_uses_the_winner(bed: &Bed) -> Result<()> {
+    let c = ctx(bed).await?;
+    let b = Backend::Vault;
+    let proxy = c.proxy(b);
+    let logins = || proxy.count_of("/v1/auth/kubernetes/login");
+
+    // Two pods at once: the first to claim the revision fetches; the other waits
+    // for its Secret and never calls the backend. The backend is held until the
+    // second pod is surely waiting.
+    let ns = namespace(bed, "sec-race").await?;
+    let v = value("race");
+    seed(bed, b, &ns, &v).await?;
+    deploy(bed, &ns, "web", 2, annotations(b, &ns, "both")).await?;
+    let rs = newest_rs(bed, &ns, "web", 1).await?;
+    let pods = pods_of(bed, &ns, &rs, 2).await?;
+    let before = logins();
+    proxy.hold();
+    let release = async {
+        let arrived =
+            wait_until("one login held at the proxy", Duration::from_secs(30), || async { logins() > before }).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        proxy.release();
+        arrived
+    };
+    let ((a, b2), arrived) = tokio::join!(async { tokio::join!(run(bed, &pods[0]), run(bed, &pods[1])) }, release);
+    arrived?;
+    let (a, b2) = (a?, b2?);
+    ok(&a, &pods[0])?;
+    ok(&b2, &pods[1])?;
+    let mut outcomes = [outcome(&a), outcome(&b2)];
+    outcomes.sort();
+    ensure!(outcomes == ["created", "reused"], "outcomes {outcomes:?}");
+    ensure!(logins() - before == 1, "{} logins for two pods starting at once", logins() - before);
+    let waiter = if outcome(&a) == "reused" { &a } else { &b2 };
+    ensure!(
+        waiter.stderr.contains("another pod of this revision is fetching"),
+        "the waiter did not wait:\n{}",
+        waiter.stderr
+    );
+    for out in [&a, &b2] {
+        ensure!(file(out, "DB_PASSWORD")? == v, "a pod's file is not the revision's value");
+    }
+    check_secret(bed, &ns, &rs, &v).await?;
+
+    // A claim that lapsed (its pod died): both pods fetch, both create, one
+    // create wins and the other takes the winner's Secret (409).
+    let ns = namespace(bed, "sec-409").await?;
+    seed(bed, b, &ns, &v).await?;
+    deploy(bed, &ns, "web", 2, annotations(b, &ns, "both")).await?;
+    let rs = newest_rs(bed, &ns, "web", 1).await?;
+    let pods = pods_of(bed, &ns, &rs, 2).await?;
+    let claim: Secret = serde_json::from_value(json!({
+        "metadata": {"name": format!("{}.claim", secret_name(&rs)),
+                     "labels": {names::MANAGED_BY_LABEL: "keyhole"},
+                     "annotations": {"keyhole.dev/claim-expires": "1", "keyhole.dev/created-by": "gone/pod"}},
+        "immutable": true
+    }))?;
+    Api::<Secret>::namespaced(bed.client.clone(), &ns).create(&PostParams::default(), &claim).await?;
+    let before = logins();
+    proxy.hold();
+    let release = async {
+        let arrived =
+            wait_until("both logins held at the proxy", Duration::from_secs(30), || async { logins() >= before + 2 })
+                .await;
+        proxy.release();
+        arrived
+    };
+    let ((a, b2), arrived) = tokio::join!(async { tokio::join!(run(bed, &pods[0]), run(bed, &pods[1])) }, release);
+    arrived?;
+    let (a, b2) = (a?, b2?);
+    ok(&a, &pods[0])?;
+    ok(&b2, &pods[1])?;
+    let mut outcomes = [outcome(&a), outcome(&b2)];
+    outcomes.sort();
+    ensure!(outcomes == ["created", "created-by-another-pod"], "outcomes {outcomes:?}");
+    check_secret(bed, &ns, &rs, &v).await?;
+    Ok(())
+}
+
+async fn a_foreign_or_other_plan_secret_is_an_error_and_is_left_untouched(bed: &Bed) -> Result<()> {
+    let c = ctx(bed).await?;
+    let b = Backend::Aws;
+    let ns = namespace(bed, "sec-foreign").await?;
+    seed(bed, b, &ns, &value("foreign")).await?;
+    deploy(bed, &ns, "web", 1, annotations(b, &ns, "both")).await?;
+    let rs = newest_rs(bed, &ns, "web", 1).await?;
+    let pod = pods_of(bed, &ns, &rs, 1).await?.remove(0);
+    let name = secret_name(&rs);
+    let api: Api<Secret> = Api::namespaced(bed.client.clone(), &ns);
+    let cases = [
+        (json!({}), json!({}), "exists and keyhole does not manage it"),
+        (
+            json!({names::MANAGED_BY_LABEL: "keyhole"}),
+            json!({"keyhole.dev/plan-digest": "0123456789abcdef"}),
+            "was made by keyhole for another plan (digest 0123456789ab",
+        ),
+    ];
+    for (labels, annotations, message) in cases {
+        let theirs: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels, "annotations": annotations},
+            "data": {"DB_PASSWORD": ByteString(b"not-from-keyhole".to_vec())}
+        }))?;
+        let created = api.create(&PostParams::default(), &theirs).await?;
+        let before = c.proxy(b).count();
+        let out = run(bed, &pod).await?;
+        ensure!(!out.success(), "the injector succeeded over someone else's Secret");
+        ensure!(out.termination_log.contains(message), "termination log: {}", out.termination_log);
+        ensure!(
+            out.termination_log.contains(&format!("Secret {ns}/{name}")),
+            "no Secret named: {}",
+            out.termination_log
+        );
+        ensure!(c.proxy(b).count() == before, "the backend was called");
+        let after = api.get(&name).await?;
+        ensure!(
+            after.metadata.resource_version == created.metadata.resource_version && after.data == created.data,
+            "the Secret was touched"
+        );
+        let written = std::fs::read_dir(out.volume(names::SECRETS_VOLUME)?)?.count();
+        ensure!(written == 0, "{written} entries written to the volume on failure");
+        api.delete(&name, &DeleteParams::default()).await?;
+        wait_until("the Secret deleted", Duration::from_secs(30), || async {
+            matches!(api.get_opt(&name).await, Ok(None))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Backend requests during a rollout of N replicas (KEYHOLE_ROLLOUT_REPLICAS,
+/// 10 by default, 50 in `make bench`), with Secret output against files output.
+async fn bench_backend_requests_for_a_rollout_secret_against_files(bed: &Bed) -> Result<()> {
+    let c = ctx(bed).await?;
+    let n: usize = std::env::var("KEYHOLE_ROLLOUT_REPLICAS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    // Pods start a few at a time, as a kubelet on each node would start them.
+    let parallel = 4;
+    let mut rows = Vec::new();
+    for b in [Backend::Vault, Backend::Aws] {
+        let mut row = Vec::new();
+        for output in ["secret", "files"] {
+            let ns = namespace(bed, "sec-bench").await?;
+            seed(bed, b, &ns, &value("bench")).await?;
+            deploy(bed, &ns, "web", n as i32, annotations(b, &ns, output)).await?;
+            let rs = newest_rs(bed, &ns, "web", 1).await?;
+            let pods = pods_of(bed, &ns, &rs, n).await?;
+            let before = c.proxy(b).count();
+            let t0 = std::time::Instant::now();
+            for chunk in pods.chunks(parallel) {
+                let outs = futures_join(bed, chunk).await?;
+                for (out, pod) in outs.iter().zip(chunk) {
+                    ok(out, pod)?;
+                }
+            }
+            row.push((c.proxy(b).count() - before, t0.elapsed()));
+        }
+        rows.push((b, row));
+    }
+    eprintln!("\n  backend requests during a {n}-replica rollout ({parallel} pods starting at a time):");
+    eprintln!("  {:<8} {:>16} {:>16} {:>8}", "backend", "secret output", "files output", "ratio");
+    for (b, row) in &rows {
+        let (s, f) = (row[0].0, row[1].0);
+        eprintln!(
+            "  {:<8} {:>16} {:>16} {:>7.1}x   (wall {:.1}s vs {:.1}s)",
+            format!("{b:?}"),
+            s,
+            f,
+            f as f64 / s.max(1) as f64,
+            row[0].1.as_secs_f64(),
+            row[1].1.as_secs_f64()
+        );
+        ensure!(s < f, "{b:?}: Secret output made {s} backend requests, files {f}");
+    }
+    Ok(())
+}
+
+async fn futures_join(bed: &Bed, pods: &[Pod]) -> Result<Vec<InitOutcome>> {
+    futures::future::join_all(pods.iter().map(|pod| run(bed, pod))).await.into_iter().collect()
+}
+
+/// Last: stops OpenBao and moto for good.
+async fn with_the_backends_stopped_scaling_to_5_still_starts_the_new_pods(bed: &Bed) -> Result<()> {
+    let c = ctx(bed).await?;
+    let mut workloads = Vec::new();
+    for b in [Backend::Vault, Backend::Aws] {
+        let ns = namespace(bed, "sec-down").await?;
+        let v = value("down");
+        seed(bed, b, &ns, &v).await?;
+        deploy(bed, &ns, "web", 3, annotations(b, &ns, "both")).await?;
+        let rs = newest_rs(bed, &ns, "web", 1).await?;
+        for pod in pods_of(bed, &ns, &rs, 3).await? {
+            ok(&run(bed, &pod).await?, &pod)?;
+        }
+        workloads.push((b, ns, rs, v));
+    }
+    ensure!(bed.stop_part("openbao") && bed.stop_part("moto"), "OpenBao or moto was not running");
+    ensure!(bed.http.get(format!("{}/v1/sys/health", bed.vault_addr)).send().await.is_err(), "OpenBao still answers");
+    ensure!(bed.http.get(&bed.moto_url).send().await.is_err(), "moto still answers");
+
+    for (b, ns, rs, v) in &workloads {
+        let before = c.proxy(*b).count();
+        let patch = json!({"spec": {"replicas": 5}});
+        Api::<Deployment>::namespaced(bed.client.clone(), ns)
+            .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let pods = pods_of(bed, ns, rs, 5).await?;
+        let started: Vec<&Pod> = pods[3..].iter().collect();
+        for pod in started {
+            let out = run(bed, pod).await?;
+            ok(&out, pod)?;
+            ensure!(outcome(&out) == "reused", "{b:?}: {}", outcome(&out));
+            ensure!(file(&out, "DB_PASSWORD")? == *v, "{b:?}: the new pod's file is not the revision's value");
+        }
+        ensure!(c.proxy(*b).count() == before, "{b:?}: a new pod tried the stopped backend");
+    }
+    Ok(())
+}
