@@ -34,7 +34,8 @@ fmt:
 	$(CARGO) fmt --all
 
 ## Benchmarks: prints the figures the issues ask for (release build).
-bench: bed-deps
+bench:
+	@KEYHOLE_BENCH_TOOLS=1 bash tests/bed/install.sh
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -p keyhole-testbed --bin keyhole-bench
 	KEYHOLE_BENCH_BIN=$(CURDIR)/target/release/keyhole-injector $(CARGO) test --release -p keyhole-testbed --test e2e_injector -- bench --nocapture

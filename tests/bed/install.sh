@@ -18,6 +18,8 @@ command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+# wrk: the webhook benchmark's load generator (`make bench` only).
+if [ -n "${KEYHOLE_BENCH_TOOLS:-}" ]; then command -v wrk >/dev/null || need_apt+=(wrk); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install.sh: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod mutate;
 pub mod render;
 pub mod review;
+pub mod slim;
 pub mod tls;
 
 use std::future::Future;

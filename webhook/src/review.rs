@@ -9,29 +9,29 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use keyhole_contract::Problems;
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, warn};
 
 use crate::App;
 use crate::metrics::{EndpointLabels, ReviewLabels};
 use crate::mutate::{Mutation, mutate};
+use crate::slim::{SlimPod, SlimRequest, SlimReview};
 
 /// The API server sends objects of at most ~3 MiB (old and new in one review).
 pub const MAX_BODY: usize = 4 << 20;
 
 pub async fn mutate_handler(State(app): State<Arc<App>>, body: Body) -> Response {
     let start = Instant::now();
-    let response = match read_review::<Pod>(body).await {
+    let response = match read::<SlimReview>(body).await.and_then(|r| r.request.ok_or_else(no_request)) {
         Err(resp) => resp,
-        Ok(req) => {
-            let span = span("mutate", &req, pod_label(req.object.as_ref()));
-            span.in_scope(|| review_pod(&app, &req))
-        }
+        Ok(req) => review_pod(&app, req),
     };
     app.metrics.latency.get_or_create(&EndpointLabels { endpoint: "mutate" }).observe(start.elapsed().as_secs_f64());
     response
@@ -39,33 +39,48 @@ pub async fn mutate_handler(State(app): State<Arc<App>>, body: Body) -> Response
 
 pub async fn validate_handler(State(app): State<Arc<App>>, body: Body) -> Response {
     let start = Instant::now();
-    let response = match read_review::<DynamicObject>(body).await {
+    let response = match read::<AdmissionReview<DynamicObject>>(body)
+        .await
+        .and_then(|r| TryInto::<AdmissionRequest<DynamicObject>>::try_into(r).map_err(|_| no_request()))
+    {
         Err(resp) => resp,
-        Ok(req) => {
-            let name = req.object.as_ref().and_then(|o| o.metadata.name.clone()).unwrap_or_default();
-            let span = span("validate", &req, name);
-            async { review_workload(&app, &req) }.instrument(span).await
-        }
+        Ok(req) => review_workload(&app, &req),
     };
     app.metrics.latency.get_or_create(&EndpointLabels { endpoint: "validate" }).observe(start.elapsed().as_secs_f64());
     response
 }
 
-fn span<T: kube::Resource>(endpoint: &'static str, req: &AdmissionRequest<T>, name: String) -> tracing::Span {
-    info_span!(
-        "admission",
-        endpoint,
-        uid = %req.uid,
-        kind = %req.kind.kind,
-        namespace = req.namespace.as_deref().unwrap_or(""),
-        name = %name,
-        operation = ?req.operation,
-        dry_run = req.dry_run,
-    )
+/// Who a review is about, for its one log line. One event per review carries
+/// every field: a span per review cost more than the rest of the logging.
+struct Who<'a> {
+    endpoint: &'static str,
+    uid: &'a str,
+    kind: &'a str,
+    namespace: &'a str,
+    name: String,
+    operation: &'a str,
+    dry_run: bool,
 }
 
-fn pod_label(pod: Option<&Pod>) -> String {
-    let Some(m) = pod.map(|p| &p.metadata) else { return String::new() };
+impl Who<'_> {
+    fn log(&self, outcome: &'static str, detail: &dyn std::fmt::Display) {
+        info!(
+            endpoint = self.endpoint,
+            uid = self.uid,
+            kind = self.kind,
+            namespace = self.namespace,
+            name = %self.name,
+            operation = self.operation,
+            dry_run = self.dry_run,
+            outcome,
+            detail = %detail,
+            "admission"
+        );
+    }
+}
+
+fn pod_label(pod: &Pod) -> String {
+    let m = &pod.metadata;
     match (&m.name, &m.generate_name) {
         (Some(n), _) if !n.is_empty() => n.clone(),
         (_, Some(g)) => format!("{g}*"),
@@ -73,24 +88,24 @@ fn pod_label(pod: Option<&Pod>) -> String {
     }
 }
 
-async fn read_review<T>(body: Body) -> Result<AdmissionRequest<T>, Response>
-where
-    T: kube::Resource + DeserializeOwned,
-{
+async fn read<T: DeserializeOwned>(body: Body) -> Result<T, Response> {
     let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|_| bad_request(format!("the body is unreadable or larger than {MAX_BODY} bytes")))?;
     // serde's messages can quote the input, which may hold env values: report
     // only where the JSON went wrong.
-    let review: AdmissionReview<T> = serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(&bytes).map_err(|e| {
         bad_request(format!(
             "not an AdmissionReview: {:?} error at line {} column {}",
             e.classify(),
             e.line(),
             e.column()
         ))
-    })?;
-    review.try_into().map_err(|_| bad_request("the AdmissionReview has no request".to_owned()))
+    })
+}
+
+fn no_request() -> Response {
+    bad_request("the AdmissionReview has no request".to_owned())
 }
 
 fn bad_request(message: String) -> Response {
@@ -98,8 +113,41 @@ fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, message).into_response()
 }
 
-fn respond(resp: AdmissionResponse) -> Response {
-    match serde_json::to_vec(&resp.into_review()) {
+/// The AdmissionReview answered, written here rather than with kube-core's
+/// `AdmissionResponse`, which serializes the patch as a JSON array of numbers:
+/// 3x base64's size, and the largest single cost of a review.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: Answer<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Answer<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Denied>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    /// Base64 of the JSON patch, as Go's `[]byte` is encoded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Denied {
+    code: u16,
+    reason: &'static str,
+    message: String,
+}
+
+fn respond(answer: Answer<'_>) -> Response {
+    let review = ReviewOut { api_version: "admission.k8s.io/v1", kind: "AdmissionReview", response: answer };
+    match serde_json::to_vec(&review) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => {
             warn!(error = %e, "could not serialize the AdmissionReview");
@@ -108,39 +156,74 @@ fn respond(resp: AdmissionResponse) -> Response {
     }
 }
 
+fn allow(uid: &str) -> Answer<'_> {
+    Answer { uid, allowed: true, status: None, patch_type: None, patch: None }
+}
+
+fn deny(uid: &str, message: String) -> Answer<'_> {
+    Answer {
+        uid,
+        allowed: false,
+        status: Some(Denied { code: 403, reason: "Forbidden", message }),
+        patch_type: None,
+        patch: None,
+    }
+}
+
 fn count(app: &App, endpoint: &'static str, kind: &str, outcome: &'static str) {
     app.metrics.reviews.get_or_create(&ReviewLabels { endpoint, kind: kind.to_owned(), outcome }).inc();
 }
 
-fn review_pod(app: &App, req: &AdmissionRequest<Pod>) -> Response {
-    let resp = AdmissionResponse::from(req);
-    let Some(pod) = req.object.as_ref() else {
-        count(app, "mutate", &req.kind.kind, "skipped");
-        return respond(resp);
+fn review_pod(app: &App, req: SlimRequest) -> Response {
+    let SlimRequest { uid, kind, namespace, operation, dry_run, object } = req;
+    let pod = object.map(SlimPod::into_pod);
+    let who = Who {
+        endpoint: "mutate",
+        uid: &uid,
+        kind: &kind.kind,
+        namespace: namespace.as_deref().unwrap_or(""),
+        name: pod.as_ref().map(pod_label).unwrap_or_default(),
+        operation: &operation,
+        dry_run,
     };
-    match mutate(pod, &app.config) {
+    let Some(pod) = pod else {
+        count(app, "mutate", who.kind, "skipped");
+        who.log("skipped", &"no object");
+        return respond(allow(&uid));
+    };
+    match mutate(&pod, &app.config) {
         Ok(Mutation::Skip(why)) => {
-            count(app, "mutate", &req.kind.kind, "skipped");
-            info!(reason = why, "allowed unchanged");
-            respond(resp)
+            count(app, "mutate", who.kind, "skipped");
+            who.log("skipped", &why);
+            respond(allow(&uid))
         }
-        Ok(Mutation::Patch { patch, plan }) => match resp.clone().with_patch(patch) {
-            Ok(resp) => {
-                count(app, "mutate", &req.kind.kind, "patched");
-                info!(store = %plan.store_name, values = plan.items.len(), templates = plan.templates.len(), "injected");
-                respond(resp)
+        Ok(Mutation::Patch { patch, plan }) => match serde_json::to_vec(&patch) {
+            Ok(json) => {
+                count(app, "mutate", who.kind, "patched");
+                let detail = format_args!(
+                    "store {}, {} values, {} templates",
+                    plan.store_name,
+                    plan.items.len(),
+                    plan.templates.len()
+                );
+                who.log("patched", &detail);
+                respond(Answer {
+                    patch_type: Some("JSONPatch"),
+                    patch: Some(base64::engine::general_purpose::STANDARD.encode(json)),
+                    ..allow(&uid)
+                })
             }
             Err(e) => {
-                count(app, "mutate", &req.kind.kind, "error");
-                warn!(error = %e, "could not serialize the patch");
-                respond(resp.deny(format!("keyhole could not build its patch: {e}")))
+                count(app, "mutate", who.kind, "error");
+                who.log("error", &e);
+                respond(deny(&uid, format!("keyhole could not build its patch: {e}")))
             }
         },
         Err(problems) => {
-            count(app, "mutate", &req.kind.kind, "denied");
-            let who = format!("pod {}/{}", req.namespace.as_deref().unwrap_or(""), pod_label(Some(pod)));
-            info!(reason = %problems, "denied");
-            respond(resp.deny(denial(&who, &problems)))
+            count(app, "mutate", who.kind, "denied");
+            who.log("denied", &problems);
+            let pod_id = format!("pod {}/{}", who.namespace, who.name);
+            respond(deny(&uid, denial(&pod_id, &problems)))
         }
     }
 }
@@ -151,38 +234,51 @@ pub fn denial(who: &str, problems: &Problems) -> String {
 }
 
 fn review_workload(app: &App, req: &AdmissionRequest<DynamicObject>) -> Response {
-    let resp = AdmissionResponse::from(req);
-    let kind = req.kind.kind.clone();
-    let Some(obj) = req.object.as_ref() else {
-        count(app, "validate", &kind, "skipped");
-        return respond(resp);
-    };
-    let who = format!(
-        "{} {}/{}",
+    let kind = req.kind.kind.as_str();
+    let name = req.object.as_ref().and_then(|o| o.metadata.name.clone().or(o.metadata.generate_name.clone()));
+    let who = Who {
+        endpoint: "validate",
+        uid: &req.uid,
         kind,
-        req.namespace.as_deref().unwrap_or(""),
-        obj.metadata.name.as_deref().or(obj.metadata.generate_name.as_deref()).unwrap_or("")
-    );
-    let pod = match workload_pod(&kind, obj) {
+        namespace: req.namespace.as_deref().unwrap_or(""),
+        name: name.unwrap_or_default(),
+        operation: match req.operation {
+            Operation::Create => "CREATE",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+            Operation::Connect => "CONNECT",
+        },
+        dry_run: req.dry_run,
+    };
+    let Some(obj) = req.object.as_ref() else {
+        count(app, "validate", kind, "skipped");
+        who.log("skipped", &"no object");
+        return respond(allow(&req.uid));
+    };
+    let id = format!("{} {}/{}", kind, req.namespace.as_deref().unwrap_or(""), who.name);
+    let pod = match workload_pod(kind, obj) {
         Ok(Some(pod)) => pod,
         Ok(None) => {
-            count(app, "validate", &kind, "skipped");
-            return respond(resp);
+            count(app, "validate", kind, "skipped");
+            who.log("skipped", &"not a workload keyhole checks");
+            return respond(allow(&req.uid));
         }
         Err(e) => {
-            count(app, "validate", &kind, "invalid");
-            return respond(resp.deny(format!("keyhole: {who}: cannot read the pod template: {e}")));
+            count(app, "validate", kind, "invalid");
+            who.log("invalid", &e);
+            return respond(deny(&req.uid, format!("keyhole: {id}: cannot read the pod template: {e}")));
         }
     };
     match mutate(&pod, &app.config) {
         Ok(_) => {
-            count(app, "validate", &kind, "allowed");
-            respond(resp)
+            count(app, "validate", kind, "allowed");
+            who.log("allowed", &"");
+            respond(allow(&req.uid))
         }
         Err(problems) => {
-            count(app, "validate", &kind, "denied");
-            info!(reason = %problems, "denied");
-            respond(resp.deny(denial(&format!("{who}: pod template"), &problems)))
+            count(app, "validate", kind, "denied");
+            who.log("denied", &problems);
+            respond(deny(&req.uid, denial(&format!("{id}: pod template"), &problems)))
         }
     }
 }

@@ -71,7 +71,8 @@ async fn admit(app: &Arc<App>, pod: &Value) -> Value {
 fn decode_patch(resp: &Value) -> Option<json_patch::Patch> {
     let bytes: Vec<u8> = match &resp["patch"] {
         Value::Null => return None,
-        Value::Array(a) => a.iter().map(|b| b.as_u64().unwrap() as u8).collect(),
+        // Go's []byte: base64.
+        Value::String(b) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).unwrap(),
         other => panic!("unexpected patch encoding {other}"),
     };
     assert_eq!(resp["patchType"], "JSONPatch");
@@ -179,4 +180,29 @@ async fn workloads_with_bad_templates_are_denied_at_validate() {
     r["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
     let (_, body) = send(&app, "/validate", serde_json::to_vec(&r).unwrap()).await;
     assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["response"]["allowed"], true);
+}
+
+/// `/mutate` reads pods through `slim`; `/validate` and `render` read whole pods.
+/// Both readings must give the same patch or the same denial, for every golden pod.
+#[test]
+fn the_slim_reading_decides_as_the_whole_pod_does() {
+    let config = Config::parse(&std::fs::read_to_string(dir().join("config.yaml")).unwrap()).unwrap();
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.to_string_lossy().ends_with(".pod.yaml") {
+            continue;
+        }
+        let value: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let whole: k8s_openapi::api::core::v1::Pod = serde_json::from_value(value.clone()).unwrap();
+        let slim: keyhole_webhook::slim::SlimPod = serde_json::from_value(value).unwrap();
+        let decide = |pod| match keyhole_webhook::mutate::mutate(&pod, &config) {
+            Ok(keyhole_webhook::mutate::Mutation::Patch { patch, .. }) => serde_json::to_string(&patch).unwrap(),
+            Ok(keyhole_webhook::mutate::Mutation::Skip(why)) => format!("skip: {why}"),
+            Err(problems) => format!("denied: {problems}"),
+        };
+        assert_eq!(decide(slim.into_pod()), decide(whole), "{}", path.display());
+        n += 1;
+    }
+    assert!(n >= 20, "{n} golden pods");
 }
