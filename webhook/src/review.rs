@@ -29,9 +29,10 @@ pub const MAX_BODY: usize = 4 << 20;
 
 pub async fn mutate_handler(State(app): State<Arc<App>>, body: Body) -> Response {
     let start = Instant::now();
-    let response = match read::<SlimReview>(body).await.and_then(|r| r.request.ok_or_else(no_request)) {
+    let response = match read::<SlimReview>(body).await {
         Err(resp) => resp,
-        Ok(req) => review_pod(&app, req),
+        Ok(SlimReview { request: None }) => no_request(),
+        Ok(SlimReview { request: Some(req) }) => review_pod(&app, req),
     };
     app.metrics.latency.get_or_create(&EndpointLabels { endpoint: "mutate" }).observe(start.elapsed().as_secs_f64());
     response
@@ -39,12 +40,10 @@ pub async fn mutate_handler(State(app): State<Arc<App>>, body: Body) -> Response
 
 pub async fn validate_handler(State(app): State<Arc<App>>, body: Body) -> Response {
     let start = Instant::now();
-    let response = match read::<AdmissionReview<DynamicObject>>(body)
-        .await
-        .and_then(|r| TryInto::<AdmissionRequest<DynamicObject>>::try_into(r).map_err(|_| no_request()))
-    {
+    let response = match read::<AdmissionReview<DynamicObject>>(body).await.map(AdmissionReview::try_into) {
         Err(resp) => resp,
-        Ok(req) => review_workload(&app, &req),
+        Ok(Err(_)) => no_request(),
+        Ok(Ok(req)) => review_workload(&app, &req),
     };
     app.metrics.latency.get_or_create(&EndpointLabels { endpoint: "validate" }).observe(start.elapsed().as_secs_f64());
     response
