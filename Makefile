@@ -43,6 +43,7 @@ bench:
 
 ## The main job end to end on the local control plane.
 demo: bed-deps
+	$(CARGO) build --workspace --bins
 	$(CARGO) run -p keyhole-testbed --bin keyhole-bed -- demo
 
 ## A CA and the webhook's serving certificate, written into certs/out/.

@@ -15,6 +15,7 @@ pub mod pki;
 pub mod proc;
 pub mod proxy;
 pub mod webhook;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

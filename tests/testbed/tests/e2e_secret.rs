@@ -12,14 +12,14 @@ use aws_sdk_ssm::types::ParameterType;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use keyhole_contract::names;
 use keyhole_testbed::kubelet::{InitOpts, InitOutcome, run_init_container};
 use keyhole_testbed::proc::wait_until;
 use keyhole_testbed::proxy::Proxy;
-use keyhole_testbed::webhook::{Webhook, repo_root};
+use keyhole_testbed::webhook::Webhook;
+use keyhole_testbed::workload::{newest_rs, pods_of, secret_output_rbac};
 use keyhole_testbed::{Bed, create_service_account, e2e_tests};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
@@ -140,24 +140,7 @@ fn ok(out: &InitOutcome, pod: &Pod) -> Result<()> {
 async fn namespace(bed: &Bed, prefix: &str) -> Result<String> {
     let ns = bed.namespace(prefix).await?;
     create_service_account(&bed.client, &ns, SA).await?;
-    let text = std::fs::read_to_string(repo_root().join("manifests/examples/secret-output-rbac.yaml"))?
-        .replace("namespace: shop", &format!("namespace: {ns}"))
-        .replace("name: shop-api\n", &format!("name: {SA}\n"));
-    let docs: Vec<Value> =
-        serde_yaml::Deserializer::from_str(&text).map(serde::Deserialize::deserialize).collect::<Result<_, _>>()?;
-    for v in docs {
-        match v["kind"].as_str() {
-            Some("Role") => {
-                let role: Role = serde_json::from_value(v)?;
-                Api::<Role>::namespaced(bed.client.clone(), &ns).create(&PostParams::default(), &role).await?;
-            }
-            Some("RoleBinding") => {
-                let rb: RoleBinding = serde_json::from_value(v)?;
-                Api::<RoleBinding>::namespaced(bed.client.clone(), &ns).create(&PostParams::default(), &rb).await?;
-            }
-            other => bail!("unexpected {other:?} in secret-output-rbac.yaml"),
-        }
-    }
+    secret_output_rbac(bed, &ns, SA).await?;
     bed.vault_policy(&ns, &[&format!("secret/data/{ns}/*")]).await?;
     bed.vault_kubernetes_role(&ns, &ns, SA, "vault", &ns).await?;
     Ok(ns)
@@ -214,50 +197,6 @@ async fn deploy(bed: &Bed, ns: &str, name: &str, replicas: i32, annotations: Val
         }
     }))?;
     Ok(Api::<Deployment>::namespaced(bed.client.clone(), ns).create(&PostParams::default(), &d).await?)
-}
-
-/// The Deployment's newest ReplicaSet (by revision), once it exists.
-async fn newest_rs(bed: &Bed, ns: &str, app: &str, min_revision: u32) -> Result<ReplicaSet> {
-    let api: Api<ReplicaSet> = Api::namespaced(bed.client.clone(), ns);
-    let lp = ListParams::default().labels(&format!("app={app}"));
-    let revision = |rs: &ReplicaSet| -> u32 {
-        rs.metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get("deployment.kubernetes.io/revision"))
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(0)
-    };
-    for _ in 0..300 {
-        if let Some(rs) = api.list(&lp).await?.items.into_iter().max_by_key(revision)
-            && revision(&rs) >= min_revision
-        {
-            return Ok(rs);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("no ReplicaSet of revision {min_revision} for {ns}/{app}")
-}
-
-/// The pods of one ReplicaSet, at least `n`, oldest first.
-async fn pods_of(bed: &Bed, ns: &str, rs: &ReplicaSet, n: usize) -> Result<Vec<Pod>> {
-    let api: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
-    let uid = rs.metadata.uid.clone().context("rs uid")?;
-    let mine = move |p: &Pod| p.metadata.owner_references.iter().flatten().any(|o| o.uid == uid);
-    let name = rs.metadata.name.clone().unwrap_or_default();
-    let mut found = Vec::new();
-    for _ in 0..600 {
-        found = api.list(&ListParams::default()).await?.items.into_iter().filter(&mine).collect();
-        if found.len() >= n {
-            found.sort_by(|a, b| {
-                (&a.metadata.creation_timestamp, &a.metadata.name)
-                    .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
-            });
-            return Ok(found);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("{} pods of {ns}/{name}, wanted {n}", found.len())
 }
 
 fn secret_name(rs: &ReplicaSet) -> String {
