@@ -13,6 +13,7 @@ pub mod harness;
 pub mod kubelet;
 pub mod pki;
 pub mod proc;
+pub mod rotation;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};
