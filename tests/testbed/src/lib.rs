@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_rotation;
 pub mod demo;
 pub mod harness;
 pub mod kubelet;

@@ -20,7 +20,7 @@ use super::backend::{Backends, Found};
 use super::lease::{Leadership, stopped};
 use super::metrics::RotationMetrics;
 use super::refs::{Interest, Watched, interest};
-use super::schedule::{RolloutBudget, is_due, next_wake, targets};
+use super::schedule::{RolloutBudget, is_due, joins, next_wake, targets};
 use super::state::{self, Decision, Versions, decide};
 use super::workload::{self, Candidate, Workload};
 
@@ -240,11 +240,13 @@ impl Controller {
         self.metrics.workloads.set(watched.len() as i64);
         let mut report = PollReport { watched: watched.len(), ..Default::default() };
         let tick = self.settings.interval;
+        let last = |c: &Candidate| self.last.get(&c.uid).map(|l| l.0);
+        let anyone_due = watched.iter().any(|(c, w)| is_due(last(c), w.interval.unwrap_or(tick), started));
+        // When a poll runs, workloads half-way through their interval join it.
         let due: Vec<&(Candidate, Watched)> = watched
             .iter()
             .filter(|(c, w)| {
-                self.pending.contains_key(&c.uid)
-                    || is_due(self.last.get(&c.uid).map(|l| l.0), w.interval.unwrap_or(tick), started)
+                self.pending.contains_key(&c.uid) || (anyone_due && joins(last(c), w.interval.unwrap_or(tick), started))
             })
             .collect();
         report.due = due.len();

@@ -14,6 +14,16 @@ pub fn is_due(last: Option<Instant>, interval: Duration, now: Instant) -> bool {
     }
 }
 
+/// Whether a workload joins a poll that runs anyway (someone else is due): once
+/// half its interval has passed. Workloads first seen at different moments so
+/// fall into step after one early poll, and share every look-up from then on.
+pub fn joins(last: Option<Instant>, interval: Duration, now: Instant) -> bool {
+    match last {
+        None => true,
+        Some(last) => now + interval / 2 >= last + interval,
+    }
+}
+
 /// When the next poll should run: the earliest moment a workload falls due,
 /// at least `floor` and at most `tick` from now.
 pub fn next_wake(
@@ -101,6 +111,15 @@ mod tests {
         assert!(!is_due(Some(t0), i, t0 + 53 * S));
         assert!(is_due(Some(t0), i, t0 + 54 * S), "within a tenth of the interval");
         assert!(is_due(Some(t0), i, t0 + 61 * S));
+    }
+
+    #[test]
+    fn a_workload_half_way_through_its_interval_joins_a_poll() {
+        let t0 = Instant::now();
+        let i = 10 * S;
+        assert!(!joins(Some(t0), i, t0 + 4 * S));
+        assert!(joins(Some(t0), i, t0 + 5 * S));
+        assert!(joins(None, i, t0));
     }
 
     #[test]
