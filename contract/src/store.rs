@@ -108,6 +108,13 @@ impl Store {
             Store::AwsSsm(s) => s.default_role.as_deref(),
         }
     }
+    /// The rotation controller's own role: it reads versions (metadata) only.
+    pub fn rotation_role(&self) -> Option<&str> {
+        match self {
+            Store::Vault(v) => v.rotation_role.as_deref(),
+            Store::AwsSsm(s) => s.rotation_role.as_deref(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -125,6 +132,9 @@ pub struct VaultStore {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_role: Option<String>,
+    /// Auth role of the rotation controller (a policy that reads KV metadata only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_role: Option<String>,
 }
 
 fn default_vault_audience() -> String {
@@ -175,6 +185,9 @@ pub struct SsmStore {
     pub sts_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_role: Option<String>,
+    /// IAM role the rotation controller assumes (`ssm:DescribeParameters` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_role: Option<String>,
 }
 
 fn default_sts_audience() -> String {
@@ -204,6 +217,14 @@ mod tests {
         assert_eq!(v.auth.mount(), "jwt");
         let (_, aws) = stores.resolve(Some("aws")).unwrap();
         assert_eq!(aws.audience(), "sts.amazonaws.com");
+        assert_eq!(aws.rotation_role(), None);
+        let json = serde_json::to_string(aws).unwrap();
+        assert!(!json.contains("rotationRole"), "an unset rotationRole is not written: {json}");
+        let with: Store = serde_json::from_str(
+            r#"{"kind": "aws-ssm", "region": "eu-west-1", "rotationRole": "arn:aws:iam::1:role/rot"}"#,
+        )
+        .unwrap();
+        assert_eq!(with.rotation_role(), Some("arn:aws:iam::1:role/rot"));
         assert_eq!(aws.kind().as_str(), "aws-ssm");
         let err = stores.resolve(Some("nope")).unwrap_err();
         assert_eq!(err.to_string(), r#"unknown store "nope" (known stores: aws, vault)"#);

@@ -204,7 +204,7 @@ where
 }
 
 /// AssumeRoleWithWebIdentity, unsigned, with the projected token.
-async fn assume_role(
+pub async fn assume_role(
     ctx: &Ctx,
     store: &SsmStore,
     http: &SharedHttpClient,
@@ -303,11 +303,11 @@ async fn get_batch(client: &aws_sdk_ssm::Client, batch: &[Request], ctx: &Ctx) -
     Ok(BatchOut { batch: batch.to_vec(), values, invalid })
 }
 
-pub async fn fetch(ctx: &Ctx, store: &SsmStore, items: &[PlanItem]) -> Result<Values, Error> {
-    let refs = ssm_refs(items)?;
+/// An SSM client with the credentials of `ctx.role`, assumed with `ctx.token`;
+/// retries are ours ([`retry`]), not the SDK's.
+pub async fn client(ctx: &Ctx, store: &SsmStore) -> Result<aws_sdk_ssm::Client, Error> {
     let http = http_client();
     let creds = assume_role(ctx, store, &http).await?;
-
     let mut conf = aws_sdk_ssm::Config::builder()
         .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
         .region(aws_sdk_ssm::config::Region::new(store.region.clone()))
@@ -318,7 +318,12 @@ pub async fn fetch(ctx: &Ctx, store: &SsmStore, items: &[PlanItem]) -> Result<Va
     if let Some(url) = endpoint(store.endpoint.as_deref(), "SSM") {
         conf = conf.endpoint_url(url);
     }
-    let client = aws_sdk_ssm::Client::from_conf(conf.build());
+    Ok(aws_sdk_ssm::Client::from_conf(conf.build()))
+}
+
+pub async fn fetch(ctx: &Ctx, store: &SsmStore, items: &[PlanItem]) -> Result<Values, Error> {
+    let refs = ssm_refs(items)?;
+    let client = client(ctx, store).await?;
 
     let batches = batches(refs.iter().map(|(_, r)| *r));
     tracing::debug!(parameters = batches.iter().map(Vec::len).sum::<usize>(), batches = batches.len(), "fetching");

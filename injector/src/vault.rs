@@ -117,21 +117,24 @@ pub fn http_client(store: &VaultStore) -> Result<reqwest::Client, String> {
     builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
-struct Session {
+/// A logged-in Vault client (the injector's, and the rotation controller's).
+pub struct Session {
     client: VaultClient,
     http: reqwest::Client,
     address: reqwest::Url,
     namespace: Option<String>,
     token: SecretString,
+    /// The token's lifetime as the login answered it (0: no expiry).
+    pub lease: Duration,
 }
 
 impl Session {
-    /// `GET /v1/sys/internal/ui/mounts/<path>`: which mount `path` lives on and
-    /// its KV version (what the Vault CLI asks before a `kv get`).
-    async fn mount_of(&self, path: &str) -> Result<Mount, Failure> {
+    /// `GET /v1/<path>` with this session's token: the answer's JSON, or a
+    /// failure built from the status and Vault's `errors` (never from the body).
+    pub async fn get_json(&self, path: &str) -> Result<Value, Failure> {
         let url = self
             .address
-            .join(&format!("v1/sys/internal/ui/mounts/{path}"))
+            .join(&format!("v1/{path}"))
             .map_err(|e| Failure::new(Class::Permanent, format!("bad URL: {e}")))?;
         let mut req = self.http.get(url).header("X-Vault-Token", self.token.expose_secret());
         if let Some(ns) = &self.namespace {
@@ -150,6 +153,13 @@ impl Session {
                 .unwrap_or_default();
             return Err(Failure::new(class_of_status(status, false), status_reason(status, &errors)));
         }
+        Ok(body)
+    }
+
+    /// `GET /v1/sys/internal/ui/mounts/<path>`: which mount `path` lives on and
+    /// its KV version (what the Vault CLI asks before a `kv get`).
+    pub async fn mount_of(&self, path: &str) -> Result<Mount, Failure> {
+        let body = self.get_json(&format!("sys/internal/ui/mounts/{path}")).await?;
         Mount::from_response(&body).ok_or_else(|| Failure::new(Class::Permanent, "the answer names no mount"))
     }
 
@@ -182,7 +192,8 @@ fn vault_refs(items: &[PlanItem]) -> Result<Vec<(&PlanItem, &VaultRef)>, Error> 
         .collect()
 }
 
-async fn login(ctx: &Ctx, store: &VaultStore) -> Result<Session, Error> {
+/// Logs in through the store's auth method with `ctx`'s token and role.
+pub async fn login(ctx: &Ctx, store: &VaultStore) -> Result<Session, Error> {
     let method = store.auth.method;
     let mount = store.auth.mount().to_owned();
     let fail = |reason: String| Error::VaultLogin {
@@ -225,7 +236,8 @@ async fn login(ctx: &Ctx, store: &VaultStore) -> Result<Session, Error> {
     .map_err(|f| fail(f.reason))?;
     let token = SecretString::from(auth.client_token);
     client.set_token(token.expose_secret());
-    Ok(Session { client, http, address, namespace: store.namespace.clone(), token })
+    let lease = Duration::from_secs(auth.lease_duration);
+    Ok(Session { client, http, address, namespace: store.namespace.clone(), token, lease })
 }
 
 pub async fn fetch(ctx: &Ctx, store: &VaultStore, items: &[PlanItem]) -> Result<Values, Error> {
@@ -373,6 +385,7 @@ mod tests {
             ca_bundle: ca.map(str::to_owned),
             namespace: None,
             default_role: None,
+            rotation_role: None,
         };
         assert!(http_client(&store("http://127.0.0.1:8200", None)).is_ok());
         let err = http_client(&store("https://vault:8200", Some("not a certificate"))).unwrap_err();

@@ -2,7 +2,8 @@
 //! validating webhook for workloads (`POST /validate`), health and metrics.
 //!
 //! The work is the pure [`mutate::mutate`]; this crate's server is thin around it,
-//! and tests build it from a plain [`Config`] with [`serve`].
+//! and tests build it from a plain [`Config`] with [`serve`]. The same binary runs
+//! the rotation controller ([`rotation`], `keyhole-webhook rotate`).
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -10,6 +11,7 @@ pub mod metrics;
 pub mod mutate;
 pub mod render;
 pub mod review;
+pub mod rotation;
 pub mod slim;
 pub mod tls;
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use keyhole_webhook::metrics::Metrics;
+use keyhole_webhook::rotation::{self, RotationConfig, controller::Settings, lease::LeaseConfig, workload::Kind};
 use keyhole_webhook::tls::CertStore;
 use keyhole_webhook::{App, Config};
 use tokio::net::TcpListener;
@@ -55,6 +56,58 @@ enum Command {
         /// A manifest file; `-` or nothing for stdin.
         file: Option<PathBuf>,
     },
+    /// Run the rotation controller: roll workloads whose referenced values got a new version.
+    Rotate(RotateArgs),
+    /// Roll one workload now, with the rotation controller's own patch.
+    Roll(RollArgs),
+}
+
+#[derive(Args)]
+struct RotateArgs {
+    /// The poll interval (a workload's keyhole.dev/refresh-interval overrides it), and
+    /// the window of the rollout budget.
+    #[arg(long, env = "KEYHOLE_ROTATION_INTERVAL", default_value = "60s", value_parser = rotation::parse_duration)]
+    interval: Duration,
+    /// Rollouts started per interval at most; the rest follow in the next ones.
+    #[arg(long, env = "KEYHOLE_MAX_ROLLOUTS", default_value_t = 10)]
+    max_rollouts: usize,
+    /// The Lease that elects the one active controller.
+    #[arg(long, env = "KEYHOLE_LEASE_NAME", default_value = "keyhole-rotation")]
+    lease_name: String,
+    #[arg(long, env = "KEYHOLE_LEASE_NAMESPACE", default_value = "keyhole-system")]
+    lease_namespace: String,
+    /// How long a silent holder keeps the lease.
+    #[arg(long, env = "KEYHOLE_LEASE_DURATION", default_value = "15s", value_parser = rotation::parse_duration)]
+    lease_duration: Duration,
+    /// This instance's name in the Lease; default: the host name (the pod name).
+    #[arg(long, env = "KEYHOLE_IDENTITY")]
+    identity: Option<String>,
+    /// Watch one namespace only; default: the whole cluster.
+    #[arg(long, env = "KEYHOLE_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    #[command(flatten)]
+    tokens: TokenArgs,
+    /// Plain-HTTP listener for /metrics, /healthz and /readyz.
+    #[arg(long, env = "KEYHOLE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Directory of the projected service-account tokens, one file per store audience.
+    #[arg(long, env = "KEYHOLE_TOKEN_DIR", default_value = rotation::DEFAULT_TOKEN_DIR)]
+    token_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct RollArgs {
+    /// `<kind>/<name>`: deployment/web, statefulset/db, daemonset/agent.
+    #[arg(value_parser = rotation::workload::parse_target)]
+    target: (Kind, String),
+    #[arg(short, long, env = "KEYHOLE_NAMESPACE", default_value = "default")]
+    namespace: String,
+    #[command(flatten)]
+    tokens: TokenArgs,
 }
 
 fn main() -> Result<()> {
@@ -65,8 +118,57 @@ fn main() -> Result<()> {
     let config = Config::load(&config_path)?;
     match command {
         Some(Command::Render { file }) => render(&config, file),
-        None => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config, serve)),
+        Some(Command::Rotate(args)) => runtime()?.block_on(rotate(config, args)),
+        Some(Command::Roll(args)) => runtime()?.block_on(roll(config, args)),
+        None => runtime()?.block_on(run(config, serve)),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+async fn rotate(config: Config, args: RotateArgs) -> Result<()> {
+    let RotateArgs {
+        interval,
+        max_rollouts,
+        lease_name,
+        lease_namespace,
+        lease_duration,
+        identity,
+        watch_namespace,
+        tokens: TokenArgs { token_dir },
+        metrics_listen,
+    } = args;
+    let identity = identity
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("keyhole-rotation-{}", std::process::id()));
+    let config = RotationConfig {
+        stores: config.stores,
+        settings: Settings { interval, max_rollouts, namespace: watch_namespace },
+        lease: LeaseConfig { name: lease_name, namespace: lease_namespace, identity, duration: lease_duration },
+        token_dir,
+    };
+    rotation::run(config, metrics_listen, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn roll(config: Config, args: RollArgs) -> Result<()> {
+    let RollArgs { target: (kind, name), namespace, tokens: TokenArgs { token_dir } } = args;
+    let rolled = rotation::roll(&config.stores, token_dir, kind, &namespace, &name).await?;
+    tracing::info!(
+        workload = %format!("{kind}/{namespace}/{name}"),
+        digest = %rolled.digest,
+        versions = rolled.versions.as_deref().unwrap_or("(kept)"),
+        "rolled out"
+    );
+    println!(
+        "{}/{name} in {namespace}: rolling out (keyhole.dev/versions={})",
+        kind.as_str().to_ascii_lowercase(),
+        rolled.digest
+    );
+    Ok(())
 }
 
 fn init_logs(format: &str) {

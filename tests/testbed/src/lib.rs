@@ -8,12 +8,14 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_rotation;
 pub mod demo;
 pub mod harness;
 pub mod kubelet;
 pub mod pki;
 pub mod proc;
 pub mod proxy;
+pub mod rotation;
 pub mod webhook;
 pub mod workload;
 

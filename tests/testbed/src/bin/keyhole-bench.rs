@@ -11,5 +11,9 @@ async fn main() -> Result<()> {
         let config = "injector: {image: ghcr.io/keyhole/keyhole:0.1.0}\ndefaultStore: vault\nstores:\n  vault: {kind: vault, address: 'https://vault:8200', auth: {method: kubernetes}}\n";
         keyhole_testbed::bench::webhook(config).await?;
     }
+    if only.as_deref().is_none_or(|o| o == "rotation") {
+        let bed = keyhole_testbed::Bed::start().await?;
+        keyhole_testbed::bench_rotation::rotation(&bed).await?;
+    }
     Ok(())
 }

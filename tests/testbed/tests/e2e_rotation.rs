@@ -1,0 +1,572 @@
+//! Rotation end to end: the real controller process (`keyhole-webhook rotate`)
+//! against the real API server, controller-manager, OpenBao and moto; the real
+//! webhook mutates the new pods; the kubelet is played for their injector.
+//!
+//! Each test has its own namespace, controller (watching that namespace only)
+//! and Lease. Every controller log is scanned for every secret value.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use aws_sdk_ssm::types::ParameterType;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use keyhole_contract::names;
+use keyhole_testbed::kubelet::{InitOpts, run_init_container};
+use keyhole_testbed::proc::wait_until;
+use keyhole_testbed::rotation::{self, Controller, Opts};
+use keyhole_testbed::webhook::{Webhook, config_yaml};
+use keyhole_testbed::{Bed, create_service_account, e2e_tests, workspace_bin};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+fn main() {
+    keyhole_testbed::harness::run(e2e_tests![
+        ssm_change_rolls_the_deployment_and_the_new_pod_gets_the_new_value,
+        vault_kv2_new_version_rolls_and_the_new_pod_gets_it,
+        ssm_change_with_secret_output_makes_a_new_immutable_secret,
+        pinned_reference_never_rolls,
+        opted_out_workload_never_rolls,
+        controller_restart_rolls_nothing,
+        only_the_lease_holder_patches,
+        manual_roll_rolls_now,
+    ]);
+}
+
+/// The interval every test controller polls at.
+const INTERVAL: Duration = Duration::from_secs(2);
+/// A new ReplicaSet appears this long after the template patch at most
+/// (the controller-manager's reaction), on top of one interval.
+const SLACK: Duration = Duration::from_secs(3);
+const APP_SA: &str = "app";
+const APP_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/app";
+
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn secret(what: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let v = format!("val-{what}-{:x}-{}", nanos as u64, N.fetch_add(1, Ordering::Relaxed));
+    SECRETS.lock().unwrap().push(v.clone());
+    v
+}
+
+/// Fails if any secret value (or token) appears in `text`; names it by index only.
+fn scan(what: &str, text: &str) -> Result<()> {
+    let secrets = SECRETS.lock().unwrap().clone();
+    if let Some(i) = secrets.iter().position(|s| text.contains(s.as_str())) {
+        bail!("secret #{i} ({} chars) appears in {what}", secrets[i].len());
+    }
+    Ok(())
+}
+
+static HOOK: OnceCell<Webhook> = OnceCell::const_new();
+
+/// One mutating webhook for the run, so the workloads' pods come out injected.
+async fn hook(bed: &Bed) -> Result<&'static Webhook> {
+    HOOK.get_or_try_init(|| async {
+        let hook = Webhook::start(&config_yaml(bed)).await?;
+        hook.register(bed, "keyhole-rotation-e2e", None).await?;
+        Ok(hook)
+    })
+    .await
+}
+
+/// A namespace with the app's service account and Vault role, and the controller's identity.
+struct Env {
+    ns: String,
+    rotation_role: String,
+}
+
+async fn env(bed: &Bed, prefix: &str) -> Result<Env> {
+    hook(bed).await?;
+    let ns = bed.namespace(prefix).await?;
+    create_service_account(&bed.client, &ns, APP_SA).await?;
+    bed.vault_policy(&ns, &[&format!("secret/data/{ns}/*")]).await?;
+    bed.vault_kubernetes_role(&ns, &ns, APP_SA, "vault", &ns).await?;
+    let rotation_role = rotation::identity(bed, &ns).await?;
+    Ok(Env { ns, rotation_role })
+}
+
+impl Env {
+    fn opts(&self, bed: &Bed, identity: &str) -> Opts {
+        Opts {
+            identity: format!("{identity}-{}", self.ns),
+            interval: format!("{}s", INTERVAL.as_secs()),
+            lease_duration: "4s".into(),
+            max_rollouts: 10,
+            namespace: Some(self.ns.clone()),
+            lease_namespace: self.ns.clone(),
+            config_yaml: rotation::config_yaml(bed, &self.rotation_role, &bed.moto_url),
+        }
+    }
+
+    async fn controller(&self, bed: &Bed, identity: &str) -> Result<Controller> {
+        let c = Controller::start(bed, &self.ns, &self.opts(bed, identity)).await?;
+        SECRETS.lock().unwrap().extend(c.tokens.iter().cloned());
+        Ok(c)
+    }
+}
+
+fn deployment(name: &str, annotations: Value) -> Result<Deployment> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": annotations},
+                "spec": {
+                    "serviceAccountName": APP_SA,
+                    "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+                    "containers": [{"name": "app", "image": "registry.example/app:1"}]
+                }
+            }
+        }
+    }))?)
+}
+
+fn ssm_annotations(ns: &str, reference: &str) -> Value {
+    json!({
+        "keyhole.dev/inject": "true",
+        "keyhole.dev/store": "aws",
+        "keyhole.dev/role": APP_ROLE_ARN,
+        "keyhole.dev/secret-db": reference,
+        "example.com/ns": ns,
+    })
+}
+
+async fn create(bed: &Bed, ns: &str, d: &Deployment) -> Result<()> {
+    Api::<Deployment>::namespaced(bed.client.clone(), ns).create(&PostParams::default(), d).await?;
+    Ok(())
+}
+
+async fn put_ssm(bed: &Bed, name: &str, value: &str, overwrite: bool) -> Result<()> {
+    bed.ssm_admin()
+        .await
+        .put_parameter()
+        .name(name)
+        .value(value)
+        .r#type(ParameterType::SecureString)
+        .overwrite(overwrite)
+        .send()
+        .await
+        .with_context(|| format!("put {name}"))?;
+    Ok(())
+}
+
+async fn get(bed: &Bed, ns: &str, name: &str) -> Result<Deployment> {
+    Ok(Api::<Deployment>::namespaced(bed.client.clone(), ns).get(name).await?)
+}
+
+fn annotation(map: Option<&BTreeMap<String, String>>, key: &str) -> Option<String> {
+    map.and_then(|m| m.get(key)).cloned()
+}
+
+fn observed(d: &Deployment) -> Option<String> {
+    annotation(d.metadata.annotations.as_ref(), "keyhole.dev/observed-versions")
+}
+
+fn template_versions(d: &Deployment) -> Option<String> {
+    annotation(d.spec.template.metadata.as_ref()?.annotations.as_ref(), "keyhole.dev/versions")
+}
+
+/// Waits for the controller's first observation on the workload.
+async fn wait_observed(bed: &Bed, ns: &str, name: &str, want: &str) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(bed.client.clone(), ns);
+    wait_until(&format!("{ns}/{name} observed as {want}"), Duration::from_secs(30), || {
+        let api = api.clone();
+        async move { api.get(name).await.ok().and_then(|d| observed(&d)).as_deref() == Some(want) }
+    })
+    .await
+}
+
+async fn replica_sets(bed: &Bed, ns: &str, name: &str) -> Result<Vec<ReplicaSet>> {
+    let all = Api::<ReplicaSet>::namespaced(bed.client.clone(), ns).list(&ListParams::default()).await?.items;
+    Ok(all
+        .into_iter()
+        .filter(|rs| rs.metadata.owner_references.iter().flatten().any(|o| o.kind == "Deployment" && o.name == name))
+        .collect())
+}
+
+/// Waits until the Deployment has `n` ReplicaSets; returns how long it took.
+async fn wait_replica_sets(bed: &Bed, ns: &str, name: &str, n: usize, timeout: Duration) -> Result<Duration> {
+    let t0 = Instant::now();
+    wait_until(&format!("{n} ReplicaSets of {ns}/{name}"), timeout, || async move {
+        replica_sets(bed, ns, name).await.map(|r| r.len() >= n).unwrap_or(false)
+    })
+    .await?;
+    Ok(t0.elapsed())
+}
+
+/// The pod of the ReplicaSet whose template carries `versions`, read back from the API.
+async fn pod_of_revision(bed: &Bed, ns: &str, name: &str, versions: &str) -> Result<Pod> {
+    let rs = replica_sets(bed, ns, name)
+        .await?
+        .into_iter()
+        .find(|rs| {
+            rs.spec
+                .template
+                .as_ref()
+                .and_then(|t| t.metadata.as_ref()?.annotations.as_ref()?.get("keyhole.dev/versions"))
+                .map(String::as_str)
+                == Some(versions)
+        })
+        .context("no ReplicaSet carries the new versions")?;
+    let hash = rs.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).cloned().context("hash")?;
+    let api: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("pod-template-hash={hash}"));
+    wait_until("the new revision's pod", Duration::from_secs(30), || {
+        let (api, lp) = (api.clone(), lp.clone());
+        async move { api.list(&lp).await.map(|l| !l.items.is_empty()).unwrap_or(false) }
+    })
+    .await?;
+    let pod = api.list(&lp).await?.items.into_iter().next().context("pod")?;
+    Ok(api.get(pod.metadata.name.as_deref().context("name")?).await?)
+}
+
+/// Plays the kubelet for the pod's injector; returns the file `db` it wrote.
+async fn injected_value(bed: &Bed, pod: &Pod) -> Result<String> {
+    let out = run_init_container(bed, pod, &InitOpts::default()).await?;
+    SECRETS.lock().unwrap().extend(out.tokens.iter().cloned());
+    scan("the injector's output", &out.printed())?;
+    ensure!(out.success(), "the injector failed:\n{}", out.describe());
+    Ok(std::fs::read_to_string(out.volume(names::SECRETS_VOLUME)?.join("db"))?)
+}
+
+async fn events(bed: &Bed, ns: &str, name: &str, reason: &str) -> Result<Vec<Event>> {
+    let all = Api::<Event>::namespaced(bed.client.clone(), ns).list(&ListParams::default()).await?.items;
+    Ok(all
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason) && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+        .collect())
+}
+
+async fn check_rotated_event(bed: &Bed, ns: &str, name: &str, needle: &str) -> Result<()> {
+    let evs = events(bed, ns, name, "SecretRotated").await?;
+    ensure!(evs.len() == 1, "{} SecretRotated events for {name}", evs.len());
+    let note = evs[0].note.clone().unwrap_or_default();
+    ensure!(note.contains(needle), "event note {note:?} lacks {needle:?}");
+    scan("the Event", &note)?;
+    Ok(())
+}
+
+fn finish(controllers: &[&Controller]) -> Result<()> {
+    for c in controllers {
+        scan(&format!("the log of {}", c.identity), &c.log())?;
+    }
+    Ok(())
+}
+
+// ---- tests -----------------------------------------------------------------
+
+async fn ssm_change_rolls_the_deployment_and_the_new_pod_gets_the_new_value(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-ssm").await?;
+    let ns = &env.ns;
+    let param = format!("/{ns}/db");
+    let (v1, v2) = (secret("ssm1"), secret("ssm2"));
+    put_ssm(bed, &param, &v1, false).await?;
+    let ctrl = env.controller(bed, "ctrl").await?;
+    create(bed, ns, &deployment("web", ssm_annotations(ns, &param))?).await?;
+    wait_observed(bed, ns, "web", &format!("{{\"{param}\":1}}")).await?;
+    ensure!(template_versions(&get(bed, ns, "web").await?).is_none(), "the first observation touched the template");
+    wait_replica_sets(bed, ns, "web", 1, Duration::from_secs(30)).await?;
+    tokio::time::sleep(INTERVAL * 2).await;
+    ensure!(replica_sets(bed, ns, "web").await?.len() == 1, "a rollout without a change");
+
+    put_ssm(bed, &param, &v2, true).await?;
+    let took = wait_replica_sets(bed, ns, "web", 2, INTERVAL + SLACK).await?;
+    eprintln!("rot-ssm: new ReplicaSet {:.2}s after the change (interval {}s)", took.as_secs_f64(), INTERVAL.as_secs());
+    let d = get(bed, ns, "web").await?;
+    ensure!(observed(&d) == Some(format!("{{\"{param}\":2}}")), "observed: {:?}", observed(&d));
+    let versions = template_versions(&d).context("no keyhole.dev/versions on the template")?;
+    let pod = pod_of_revision(bed, ns, "web", &versions).await?;
+    ensure!(injected_value(bed, &pod).await? == v2, "the new pod's injector did not write the new value");
+    check_rotated_event(bed, ns, "web", &format!("keyhole.dev/secret-db ({param}) moved from version 1 to 2")).await?;
+    finish(&[&ctrl])
+}
+
+async fn vault_kv2_new_version_rolls_and_the_new_pod_gets_it(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-vault").await?;
+    let ns = &env.ns;
+    let (p1, p2) = (secret("vault1"), secret("vault2"));
+    let path = format!("secret/data/{ns}/db");
+    bed.vault("POST", &path, Some(json!({"data": {"password": p1}}))).await?;
+    let ctrl = env.controller(bed, "ctrl").await?;
+    let ann = json!({
+        "keyhole.dev/inject": "true",
+        "keyhole.dev/store": "vault",
+        "keyhole.dev/role": ns,
+        "keyhole.dev/secret-db": format!("secret/{ns}/db#password"),
+    });
+    create(bed, ns, &deployment("api", ann)?).await?;
+    let reference = format!("secret/{ns}/db");
+    wait_observed(bed, ns, "api", &format!("{{\"{reference}\":1}}")).await?;
+    wait_replica_sets(bed, ns, "api", 1, Duration::from_secs(30)).await?;
+
+    bed.vault("POST", &path, Some(json!({"data": {"password": p2}}))).await?;
+    let took = wait_replica_sets(bed, ns, "api", 2, INTERVAL + SLACK).await?;
+    eprintln!(
+        "rot-vault: new ReplicaSet {:.2}s after the change (interval {}s)",
+        took.as_secs_f64(),
+        INTERVAL.as_secs()
+    );
+    let d = get(bed, ns, "api").await?;
+    let versions = template_versions(&d).context("no keyhole.dev/versions")?;
+    let pod = pod_of_revision(bed, ns, "api", &versions).await?;
+    ensure!(injected_value(bed, &pod).await? == p2, "the new pod's injector did not write the new version");
+    check_rotated_event(bed, ns, "api", &format!("({reference}) moved from version 1 to 2")).await?;
+    finish(&[&ctrl])
+}
+
+/// With Secret output a rollout is a new revision, hence a new immutable Secret
+/// with the new value; the old revision's Secret keeps the old one.
+async fn ssm_change_with_secret_output_makes_a_new_immutable_secret(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-secret").await?;
+    let ns = &env.ns;
+    keyhole_testbed::workload::secret_output_rbac(bed, ns, APP_SA).await?;
+    let param = format!("/{ns}/db");
+    let (v1, v2) = (secret("sec1"), secret("sec2"));
+    put_ssm(bed, &param, &v1, false).await?;
+    let ctrl = env.controller(bed, "ctrl").await?;
+    let mut ann = ssm_annotations(ns, &param);
+    ann["keyhole.dev/output"] = json!("both");
+    create(bed, ns, &deployment("web", ann)?).await?;
+    wait_observed(bed, ns, "web", &format!("{{\"{param}\":1}}")).await?;
+    let first = replica_sets(bed, ns, "web").await?.into_iter().next().context("no ReplicaSet")?;
+    let first_pod = keyhole_testbed::workload::pods_of(bed, ns, &first, 1).await?.remove(0);
+    ensure!(injected_value(bed, &first_pod).await? == v1, "the first revision's pod did not get the first value");
+
+    put_ssm(bed, &param, &v2, true).await?;
+    wait_replica_sets(bed, ns, "web", 2, INTERVAL + SLACK).await?;
+    let versions = template_versions(&get(bed, ns, "web").await?).context("no keyhole.dev/versions")?;
+    let pod = pod_of_revision(bed, ns, "web", &versions).await?;
+    ensure!(injected_value(bed, &pod).await? == v2, "the new revision's pod did not get the new value");
+
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(bed.client.clone(), ns);
+    let owner = pod.metadata.owner_references.iter().flatten().next().context("the pod has no owner")?;
+    for (rs_name, rs_uid, want) in [
+        (owner.name.clone(), owner.uid.clone(), &v2),
+        (first.metadata.name.clone().unwrap_or_default(), first.metadata.uid.clone().unwrap_or_default(), &v1),
+    ] {
+        let name = format!("keyhole-{rs_name}");
+        let s = secrets.get(&name).await.with_context(|| format!("no Secret {ns}/{name}"))?;
+        ensure!(s.immutable == Some(true), "{name} is not immutable");
+        ensure!(
+            s.metadata.owner_references.iter().flatten().any(|o| o.uid == rs_uid),
+            "{name} is not owned by its ReplicaSet"
+        );
+        let held = s.data.as_ref().and_then(|d| d.get("db")).map(|b| b.0.clone()).unwrap_or_default();
+        ensure!(held == want.as_bytes(), "{name} does not hold its revision's value");
+    }
+    finish(&[&ctrl])
+}
+
+/// A control workload rolls on the same change, proving the controller saw it.
+async fn no_roll_beside_a_control(
+    bed: &Bed,
+    prefix: &str,
+    quiet_annotations: impl Fn(&str, &str) -> Value,
+) -> Result<()> {
+    let env = env(bed, prefix).await?;
+    let ns = &env.ns;
+    let param = format!("/{ns}/db");
+    put_ssm(bed, &param, &secret("c1"), false).await?;
+    let ctrl = env.controller(bed, "ctrl").await?;
+    create(bed, ns, &deployment("control", ssm_annotations(ns, &param))?).await?;
+    create(bed, ns, &deployment("quiet", quiet_annotations(ns, &param))?).await?;
+    wait_observed(bed, ns, "control", &format!("{{\"{param}\":1}}")).await?;
+    wait_replica_sets(bed, ns, "quiet", 1, Duration::from_secs(30)).await?;
+    put_ssm(bed, &param, &secret("c2"), true).await?;
+    wait_replica_sets(bed, ns, "control", 2, INTERVAL + SLACK).await?;
+    tokio::time::sleep(INTERVAL * 2).await;
+    let quiet = get(bed, ns, "quiet").await?;
+    ensure!(replica_sets(bed, ns, "quiet").await?.len() == 1, "the quiet workload rolled");
+    ensure!(template_versions(&quiet).is_none() && observed(&quiet).is_none(), "the quiet workload was patched");
+    finish(&[&ctrl])
+}
+
+async fn pinned_reference_never_rolls(bed: &Bed) -> Result<()> {
+    no_roll_beside_a_control(bed, "rot-pinned", |ns, param| ssm_annotations(ns, &format!("{param}:1"))).await
+}
+
+async fn opted_out_workload_never_rolls(bed: &Bed) -> Result<()> {
+    no_roll_beside_a_control(bed, "rot-optout", |ns, param| {
+        let mut a = ssm_annotations(ns, param);
+        a["keyhole.dev/rotate"] = json!("false");
+        a
+    })
+    .await
+}
+
+async fn controller_restart_rolls_nothing(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-restart").await?;
+    let ns = &env.ns;
+    let param = format!("/{ns}/db");
+    put_ssm(bed, &param, &secret("r1"), false).await?;
+    let mut first = env.controller(bed, "first").await?;
+    create(bed, ns, &deployment("web", ssm_annotations(ns, &param))?).await?;
+    wait_observed(bed, ns, "web", &format!("{{\"{param}\":1}}")).await?;
+    // A first rollout, so the template carries a digest the restart could disturb.
+    put_ssm(bed, &param, &secret("r2"), true).await?;
+    wait_replica_sets(bed, ns, "web", 2, INTERVAL + SLACK).await?;
+    let before = get(bed, ns, "web").await?;
+    finish(&[&first])?;
+    first.proc.stop(Duration::from_secs(5));
+
+    let second = env.controller(bed, "second").await?;
+    // It polls the workload (a look-up per interval) and rolls nothing.
+    wait_until("the restarted controller to poll three times", Duration::from_secs(30), || async {
+        second.counter("keyhole_rotation_workload_polls_total", "up_to_date").await.unwrap_or(0.0) >= 3.0
+    })
+    .await?;
+    let after = get(bed, ns, "web").await?;
+    ensure!(replica_sets(bed, ns, "web").await?.len() == 2, "the restart rolled the workload");
+    ensure!(template_versions(&after) == template_versions(&before), "the restart changed the template");
+    ensure!(
+        after.metadata.generation == before.metadata.generation,
+        "generation moved {:?} -> {:?}",
+        before.metadata.generation,
+        after.metadata.generation
+    );
+    // State lives on the workload: a change made while no controller ran still rolls.
+    put_ssm(bed, &param, &secret("r3"), true).await?;
+    wait_replica_sets(bed, ns, "web", 3, INTERVAL + SLACK).await?;
+    finish(&[&second])
+}
+
+async fn lease_holder(bed: &Bed, ns: &str, name: &str) -> Option<String> {
+    let lease = Api::<Lease>::namespaced(bed.client.clone(), ns).get_opt(name).await.ok()??;
+    lease.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+async fn only_the_lease_holder_patches(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-lease").await?;
+    let ns = &env.ns;
+    let param = format!("/{ns}/db");
+    put_ssm(bed, &param, &secret("l1"), false).await?;
+    let a = env.controller(bed, "a").await?;
+    let b = env.controller(bed, "b").await?;
+    wait_until("a lease holder", Duration::from_secs(20), || async {
+        lease_holder(bed, ns, "keyhole-rotation").await.is_some()
+    })
+    .await?;
+    let holder = lease_holder(bed, ns, "keyhole-rotation").await.context("holder")?;
+    let (mut leader, standby) = if holder == a.identity { (a, b) } else { (b, a) };
+    ensure!(holder == leader.identity, "the lease is held by {holder:?}, neither instance");
+
+    create(bed, ns, &deployment("web", ssm_annotations(ns, &param))?).await?;
+    wait_observed(bed, ns, "web", &format!("{{\"{param}\":1}}")).await?;
+    put_ssm(bed, &param, &secret("l2"), true).await?;
+    wait_replica_sets(bed, ns, "web", 2, INTERVAL + SLACK).await?;
+    tokio::time::sleep(INTERVAL).await;
+
+    let (leader_log, standby_log) = (leader.log(), standby.log());
+    ensure!(
+        leader_log.contains("recorded the versions") && leader_log.contains("rolled out"),
+        "leader log:\n{leader_log}"
+    );
+    for word in ["recorded the versions", "rolled out", "polled"] {
+        ensure!(!standby_log.contains(word), "the standby {word}:\n{standby_log}");
+    }
+    ensure!(
+        standby.counter("keyhole_rotation_backend_requests_total", "").await? == 0.0,
+        "the standby asked a backend"
+    );
+    ensure!(standby.counter("keyhole_rotation_leader", "").await? == 0.0);
+    ensure!(leader.counter("keyhole_rotation_leader", "").await? == 1.0);
+    let patches: Vec<String> = get(bed, ns, "web")
+        .await?
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .filter(|m| m.starts_with("keyhole"))
+        .collect();
+    ensure!(patches == ["keyhole-rotation"], "field managers: {patches:?}");
+    finish(&[&leader, &standby])?;
+
+    // The holder dies without releasing: the standby takes over once the lease lapses.
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(leader.proc.pid().context("pid")? as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let _ = leader.proc.wait_exit(Duration::from_secs(5));
+    wait_until("the standby to take the lease", Duration::from_secs(20), || async {
+        lease_holder(bed, ns, "keyhole-rotation").await.as_deref() == Some(standby.identity.as_str())
+    })
+    .await?;
+    eprintln!("rot-lease: failover in {:.2}s (lease duration 4s)", t0.elapsed().as_secs_f64());
+    put_ssm(bed, &param, &secret("l3"), true).await?;
+    wait_replica_sets(bed, ns, "web", 3, INTERVAL + SLACK * 2).await?;
+    ensure!(standby.log().contains("rolled out"), "the new holder did not roll");
+    finish(&[&standby])
+}
+
+async fn manual_roll_rolls_now(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-manual").await?;
+    let ns = &env.ns;
+    let param = format!("/{ns}/db");
+    let v1 = secret("m1");
+    put_ssm(bed, &param, &v1, false).await?;
+    create(bed, ns, &deployment("web", ssm_annotations(ns, &param))?).await?;
+    wait_replica_sets(bed, ns, "web", 1, Duration::from_secs(30)).await?;
+    // No controller runs: the trigger alone rolls, with the controller's credentials.
+    let ctrl_opts = env.opts(bed, "roll");
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, &ctrl_opts.config_yaml)?;
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir_all(&tokens)?;
+    let t = bed.token(ns, rotation::SA, &["sts.amazonaws.com"], 3600, None).await?;
+    SECRETS.lock().unwrap().push(t.clone());
+    std::fs::write(tokens.join("sts.amazonaws.com"), t)?;
+    let out = tokio::process::Command::new(workspace_bin("keyhole-webhook")?)
+        .args(["roll", "deployment/web", "-n", ns, "--log-format=text"])
+        .arg(format!("--config={}", config.display()))
+        .arg(format!("--token-dir={}", tokens.display()))
+        .env("KUBECONFIG", &bed.kubeconfig)
+        .env("NO_COLOR", "1")
+        .output()
+        .await?;
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    scan("the roll command's output", &printed)?;
+    ensure!(out.status.success(), "keyhole-webhook roll failed:\n{printed}");
+    ensure!(printed.contains("deployment/web in"), "{printed}");
+    wait_replica_sets(bed, ns, "web", 2, SLACK).await?;
+    let d = get(bed, ns, "web").await?;
+    ensure!(observed(&d) == Some(format!("{{\"{param}\":1}}")), "the trigger did not record the versions it looked up");
+    let versions = template_versions(&d).context("no keyhole.dev/versions")?;
+    let pod = pod_of_revision(bed, ns, "web", &versions).await?;
+    ensure!(injected_value(bed, &pod).await? == v1);
+    ensure!(events(bed, ns, "web", "RolloutTriggered").await?.len() == 1, "no RolloutTriggered event");
+
+    // A controller started afterwards sees the versions recorded: it rolls nothing.
+    let ctrl = env.controller(bed, "after").await?;
+    wait_until("the controller to poll twice", Duration::from_secs(30), || async {
+        ctrl.counter("keyhole_rotation_workload_polls_total", "up_to_date").await.unwrap_or(0.0) >= 2.0
+    })
+    .await?;
+    ensure!(replica_sets(bed, ns, "web").await?.len() == 2, "the controller rolled again after the trigger");
+    // A second trigger rolls again even though no version moved.
+    let again = tokio::process::Command::new(workspace_bin("keyhole-webhook")?)
+        .args(["roll", "deploy/web", "-n", ns])
+        .arg(format!("--config={}", config.display()))
+        .arg(format!("--token-dir={}", tokens.display()))
+        .env("KUBECONFIG", &bed.kubeconfig)
+        .output()
+        .await?;
+    ensure!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    wait_replica_sets(bed, ns, "web", 3, SLACK).await?;
+    finish(&[&ctrl])
+}
