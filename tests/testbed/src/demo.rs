@@ -7,7 +7,7 @@
 //! is printed: the demo says whether what a pod got is what the backend holds.
 
 use std::os::unix::fs::MetadataExt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use aws_sdk_ssm::types::ParameterType;
@@ -131,6 +131,45 @@ pub async fn run() -> Result<()> {
         println!("   (kubelet played) {}: the revision's Secret {}", pod_name(pod), secret_outcome(&out.stderr));
     }
     show_secret(&bed, &rs, &stripe_key).await?;
+
+    step(7, "rotation: a new value in OpenBao rolls shop-api, and its new pod gets it");
+    let role = crate::rotation::identity(&bed, NS).await?;
+    let opts = crate::rotation::Opts {
+        identity: "demo".into(),
+        interval: "2s".into(),
+        lease_duration: "4s".into(),
+        max_rollouts: 10,
+        namespace: Some(NS.into()),
+        lease_namespace: NS.into(),
+        config_yaml: crate::rotation::config_yaml(&bed, &role, &bed.moto_url),
+    };
+    let ctrl = crate::rotation::Controller::start(&bed, NS, &opts).await?;
+    let deployments: Api<Deployment> = Api::namespaced(bed.client.clone(), NS);
+    crate::proc::wait_until("the controller's first look at the versions", Duration::from_secs(30), || async {
+        deployments
+            .get("shop-api")
+            .await
+            .ok()
+            .and_then(|d| d.metadata.annotations)
+            .is_some_and(|a| a.contains_key(keyhole_contract::annotations::OBSERVED_VERSIONS))
+    })
+    .await?;
+    println!("   keyhole-webhook rotate (interval 2s, metadata-only Vault policy) recorded the versions; no rollout");
+    let new_password = demo_value("db-rotated");
+    bed.vault("POST", "secret/data/shop/db", Some(json!({"data": {"password": new_password}}))).await?;
+    let changed = Instant::now();
+    let rs2 = newest_rs(&bed, NS, "shop-api", 2).await?;
+    println!(
+        "   OpenBao secret/shop/db is at version 2: new ReplicaSet {} {:.1}s later",
+        rs2.metadata.name.as_deref().unwrap_or_default(),
+        changed.elapsed().as_secs_f64()
+    );
+    let pod = pods_of(&bed, NS, &rs2, 1).await?.remove(0);
+    let out = run_init_container(&bed, &pod, &InitOpts::default()).await?;
+    ensure!(out.success(), "{}", out.describe());
+    let got = std::fs::read_to_string(out.volume(names::SECRETS_VOLUME)?.join("db_password"))?;
+    println!("   (kubelet played) {}: db_password is the new version: {}", pod_name(&pod), yes(got == new_password));
+    drop(ctrl);
 
     println!("\n== done in {:.1}s; every part stops now", t0.elapsed().as_secs_f64());
     Ok(())
