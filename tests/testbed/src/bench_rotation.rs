@@ -4,7 +4,6 @@
 //! behind a counting proxy.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -12,11 +11,10 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 
 use crate::Bed;
 use crate::proc::wait_until;
+use crate::proxy::Proxy;
 use crate::rotation::{self, Controller, Opts};
 
 pub const WORKLOADS: usize = 1000;
@@ -25,112 +23,19 @@ pub const PARAMETERS: usize = 200;
 pub const INTERVAL: Duration = Duration::from_secs(5);
 const SAMPLES: usize = 5;
 
-/// Forwards to moto and counts requests by `X-Amz-Target`.
-struct CountingProxy {
-    url: String,
-    counts: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
-    /// When each DescribeParameters arrived.
-    times: Arc<std::sync::Mutex<Vec<Instant>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for CountingProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl CountingProxy {
-    async fn start(upstream: &str) -> Result<CountingProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_owned();
-        let counts = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
-        let times = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (c, t) = (counts.clone(), times.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                let (upstream, c, t) = (upstream.clone(), c.clone(), t.clone());
-                tokio::spawn(async move {
-                    let _ = forward(sock, &upstream, &c, &t).await;
-                });
-            }
-        });
-        Ok(CountingProxy { url, counts, times, task })
-    }
-
-    /// Calls that would read a value (GetParameter(s), GetParameterHistory, GetParametersByPath).
-    fn value_reads(&self) -> u64 {
-        self.counts.lock().unwrap().iter().filter(|(k, _)| k.starts_with("GetParameter")).map(|(_, n)| n).sum()
-    }
-
-    /// DescribeParameters calls per poll: requests group into bursts (one poll
-    /// each) separated by quiet gaps; the first and last burst may be cut off.
-    fn per_poll(&self, since: Instant, gap: Duration) -> Vec<usize> {
-        let times: Vec<Instant> = self.times.lock().unwrap().iter().copied().filter(|&t| t >= since).collect();
-        let mut bursts: Vec<usize> = Vec::new();
-        let mut prev: Option<Instant> = None;
-        for t in times {
-            match prev {
-                Some(p) if t - p < gap => *bursts.last_mut().expect("a burst") += 1,
-                _ => bursts.push(1),
-            }
-            prev = Some(t);
+/// DescribeParameters calls per poll: requests group into bursts (one poll
+/// each) separated by quiet gaps; the first and last burst may be cut off.
+fn per_poll(times: &[Instant], since: Instant, gap: Duration) -> Vec<usize> {
+    let mut bursts: Vec<usize> = Vec::new();
+    let mut prev: Option<Instant> = None;
+    for &t in times.iter().filter(|&&t| t >= since) {
+        match prev {
+            Some(p) if t - p < gap => *bursts.last_mut().expect("a burst") += 1,
+            _ => bursts.push(1),
         }
-        if bursts.len() > 2 { bursts[1..bursts.len() - 1].to_vec() } else { Vec::new() }
+        prev = Some(t);
     }
-}
-
-async fn forward(
-    sock: TcpStream,
-    upstream: &str,
-    counts: &std::sync::Mutex<BTreeMap<String, u64>>,
-    times: &std::sync::Mutex<Vec<Instant>>,
-) -> Result<()> {
-    let mut conn = BufReader::new(sock);
-    loop {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            if conn.read_line(&mut line).await? == 0 {
-                return Ok(());
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
-        let header = |name: &str| {
-            head.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-            })
-        };
-        let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let mut body = vec![0; len];
-        conn.read_exact(&mut body).await?;
-        let target = header("x-amz-target").unwrap_or_else(|| "other".into());
-        if target.ends_with("DescribeParameters") {
-            times.lock().unwrap().push(Instant::now());
-        }
-        *counts.lock().unwrap().entry(target.trim_start_matches("AmazonSSM.").to_owned()).or_default() += 1;
-        let forwarded: String = head
-            .lines()
-            .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-            .map(|l| format!("{l}\r\n"))
-            .collect::<String>()
-            + "Connection: close\r\n\r\n";
-        let mut up = TcpStream::connect(upstream).await?;
-        up.write_all(forwarded.as_bytes()).await?;
-        up.write_all(&body).await?;
-        let mut resp = Vec::new();
-        up.read_to_end(&mut resp).await?;
-        conn.get_mut().write_all(&resp).await?;
-        let resp_head = String::from_utf8_lossy(&resp[..resp.len().min(4096)]).to_ascii_lowercase();
-        if resp_head.contains("connection: close") || !resp_head.contains("content-length") {
-            return Ok(());
-        }
-    }
+    if bursts.len() > 2 { bursts[1..bursts.len() - 1].to_vec() } else { Vec::new() }
 }
 
 fn param(ns: &str, i: usize) -> String {
@@ -197,7 +102,7 @@ pub async fn rotation(bed: &Bed) -> Result<()> {
     created.into_iter().collect::<Result<Vec<()>>>()?;
     eprintln!("rotation bench: {WORKLOADS} Deployments created in {:.1}s", t0.elapsed().as_secs_f64());
 
-    let proxy = CountingProxy::start(&bed.moto_url).await?;
+    let proxy = Proxy::start(&bed.moto_url).await?;
     let opts = Opts {
         identity: "bench".into(),
         interval: format!("{}s", INTERVAL.as_secs()),
@@ -218,10 +123,11 @@ pub async fn rotation(bed: &Bed) -> Result<()> {
     // Steady state: polls of all 1,000 workloads, counted at the proxy.
     let since = Instant::now();
     tokio::time::sleep(INTERVAL * 5 + INTERVAL / 2).await;
-    let mut per_poll = proxy.per_poll(since, INTERVAL / 3);
+    let mut per_poll = per_poll(&proxy.times_of("AmazonSSM.DescribeParameters"), since, INTERVAL / 3);
     anyhow::ensure!(!per_poll.is_empty(), "no whole poll seen in {:?}", since.elapsed());
     per_poll.sort_unstable();
-    let value_reads = proxy.value_reads();
+    // GetParameter, GetParameters, GetParameterHistory, GetParametersByPath: all read values.
+    let value_reads = proxy.count_of("AmazonSSM.GetParameter");
     anyhow::ensure!(value_reads == 0, "the controller read {value_reads} values");
     let text = ctrl.metrics().await?;
     let poll_seconds = histogram_mean(&text, "keyhole_rotation_poll_duration_seconds");

@@ -10,7 +10,6 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use aws_sdk_ssm::types::ParameterType;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use keyhole_contract::names;
@@ -50,7 +49,7 @@ pub async fn run() -> Result<()> {
     bed.vault("POST", "secret/data/shop/db", Some(json!({"data": {"password": db_password}}))).await?;
     bed.vault_policy("shop-api", &["secret/data/shop/*"]).await?;
     bed.vault_kubernetes_role("shop-api", NS, "shop-api", "vault", "shop-api").await?;
-    put_ssm(&bed, "/shop/stripe/key", &stripe_key).await?;
+    bed.put_ssm("/shop/stripe/key", &stripe_key).await?;
     secret_output_rbac(&bed, NS, "shop-worker").await?;
     println!("   OpenBao: KV v2 secret/shop/db; kubernetes auth role shop-api for {NS}/shop-api");
     println!("   moto: SSM SecureString /shop/stripe/key; web identity role {ROLE_ARN}");
@@ -190,20 +189,6 @@ fn demo_value(what: &str) -> String {
 
 fn pod_name(pod: &Pod) -> &str {
     pod.metadata.name.as_deref().unwrap_or("-")
-}
-
-async fn put_ssm(bed: &Bed, name: &str, value: &str) -> Result<()> {
-    bed.ssm_admin()
-        .await
-        .put_parameter()
-        .name(name)
-        .value(value)
-        .r#type(ParameterType::SecureString)
-        .overwrite(true)
-        .send()
-        .await
-        .with_context(|| format!("put {name}"))?;
-    Ok(())
 }
 
 fn deployment(name: &str, sa: &str, replicas: i32, annotations: Value) -> Result<Deployment> {

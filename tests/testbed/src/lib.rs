@@ -474,6 +474,21 @@ impl Bed {
         aws_sdk_ssm::Client::from_conf(conf)
     }
 
+    /// Puts a SecureString parameter into moto: a new version if it exists.
+    pub async fn put_ssm(&self, name: &str, value: &str) -> Result<()> {
+        self.ssm_admin()
+            .await
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .overwrite(true)
+            .send()
+            .await
+            .with_context(|| format!("put {name}"))?;
+        Ok(())
+    }
+
     /// Name and PID of every running part.
     pub fn pids(&self) -> Vec<(String, u32)> {
         self.procs.lock().unwrap().iter().filter_map(|p| p.pid().map(|pid| (p.name.clone(), pid))).collect()

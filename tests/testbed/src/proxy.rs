@@ -4,14 +4,16 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::Result;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 struct Seen {
-    /// One label per request: `AmazonSSM.GetParameters`, `STS AssumeRoleWithWebIdentity`, `GET /v1/...`.
-    requests: Mutex<Vec<String>>,
+    /// One label per request, with when it arrived: `AmazonSSM.GetParameters`,
+    /// `STS AssumeRoleWithWebIdentity`, `GET /v1/...`.
+    requests: Mutex<Vec<(String, Instant)>>,
     throttled: AtomicU32,
     /// While true, requests are counted but not forwarded.
     held: tokio::sync::watch::Sender<bool>,
@@ -74,7 +76,12 @@ impl Proxy {
     }
 
     pub fn requests(&self) -> Vec<String> {
-        self.seen.requests.lock().unwrap().clone()
+        self.seen.requests.lock().unwrap().iter().map(|(r, _)| r.clone()).collect()
+    }
+
+    /// When each request whose label contains `what` arrived.
+    pub fn times_of(&self, what: &str) -> Vec<Instant> {
+        self.seen.requests.lock().unwrap().iter().filter(|(r, _)| r.contains(what)).map(|(_, t)| *t).collect()
     }
 
     pub fn count(&self) -> usize {
@@ -83,7 +90,7 @@ impl Proxy {
 
     /// Requests whose label contains `what`.
     pub fn count_of(&self, what: &str) -> usize {
-        self.seen.requests.lock().unwrap().iter().filter(|r| r.contains(what)).count()
+        self.seen.requests.lock().unwrap().iter().filter(|(r, _)| r.contains(what)).count()
     }
 
     pub fn throttled(&self) -> u32 {
@@ -129,8 +136,8 @@ async fn serve(sock: TcpStream, upstream: &str, n: u32, seen: &Seen) -> Result<(
         };
         let call = {
             let mut requests = seen.requests.lock().unwrap();
-            requests.push(label);
-            requests.iter().filter(|r| r.as_str() == "AmazonSSM.GetParameters").count() as u32
+            requests.push((label, Instant::now()));
+            requests.iter().filter(|(r, _)| r.as_str() == "AmazonSSM.GetParameters").count() as u32
         };
         if target.as_deref() == Some("AmazonSSM.GetParameters") && call <= n {
             seen.throttled.fetch_add(1, Ordering::SeqCst);

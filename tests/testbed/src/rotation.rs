@@ -15,29 +15,15 @@ pub const SA: &str = "keyhole-rotation";
 /// The IAM role the controller assumes (moto checks none; real AWS: ssm:DescribeParameters only).
 pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/keyhole-rotation";
 
-/// Stores like [`crate::webhook::config_yaml`], with the controller's `rotationRole`s.
+/// The bed's stores (as the webhook has them) with the controller's `rotationRole`s;
+/// SSM at `aws_endpoint` (a counting proxy, for the benchmark).
 pub fn config_yaml(bed: &Bed, vault_role: &str, aws_endpoint: &str) -> String {
-    format!(
-        r#"injector:
-  image: ghcr.io/keyhole/keyhole:0.1.0
-defaultStore: vault
-stores:
-  vault:
-    kind: vault
-    address: {vault}
-    auth: {{method: kubernetes}}
-    audience: vault
-    rotationRole: {vault_role}
-  aws:
-    kind: aws-ssm
-    region: us-east-1
-    audience: sts.amazonaws.com
-    endpoint: {aws_endpoint}
-    stsEndpoint: {moto}
-    rotationRole: {ROLE_ARN}
-"#,
-        vault = bed.vault_addr,
-        moto = bed.moto_url
+    crate::webhook::config_yaml_at(
+        &bed.vault_addr,
+        aws_endpoint,
+        &bed.moto_url,
+        &[("rotationRole", vault_role)],
+        &[("rotationRole", ROLE_ARN)],
     )
 }
 

@@ -23,6 +23,20 @@ pub fn repo_root() -> PathBuf {
 
 /// The webhook config for the bed: every store points at the bed's own servers.
 pub fn config_yaml(bed: &Bed) -> String {
+    config_yaml_at(&bed.vault_addr, &bed.moto_url, &bed.moto_url, &[], &[])
+}
+
+/// The bed's stores (`vault` with kubernetes auth, `vault-jwt`, `aws`) at the given
+/// addresses (a proxy's, say); `vault_more` and `aws_more` add fields to the
+/// `vault` and `aws` stores, e.g. `("rotationRole", "...")`.
+pub fn config_yaml_at(
+    vault: &str,
+    ssm: &str,
+    sts: &str,
+    vault_more: &[(&str, &str)],
+    aws_more: &[(&str, &str)],
+) -> String {
+    let more = |fields: &[(&str, &str)]| -> String { fields.iter().map(|(k, v)| format!("    {k}: {v}\n")).collect() };
     format!(
         r#"injector:
   image: ghcr.io/keyhole/keyhole:0.1.0
@@ -33,7 +47,7 @@ stores:
     address: {vault}
     auth: {{method: kubernetes}}
     audience: vault
-  vault-jwt:
+{vault_more}  vault-jwt:
     kind: vault
     address: {vault}
     auth: {{method: jwt}}
@@ -42,11 +56,11 @@ stores:
     kind: aws-ssm
     region: us-east-1
     audience: sts.amazonaws.com
-    endpoint: {moto}
-    stsEndpoint: {moto}
-"#,
-        vault = bed.vault_addr,
-        moto = bed.moto_url
+    endpoint: {ssm}
+    stsEndpoint: {sts}
+{aws_more}"#,
+        vault_more = more(vault_more),
+        aws_more = more(aws_more),
     )
 }
 

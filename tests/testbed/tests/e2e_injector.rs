@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use aws_sdk_ssm::types::ParameterType;
 use k8s_openapi::api::core::v1::Pod;
 use keyhole_contract::plan::{self, Plan, PodFacts};
 use keyhole_contract::{Stores, annotations, names};
@@ -193,18 +192,6 @@ async fn aws_namespace(bed: &Bed, prefix: &str) -> Result<String> {
     Ok(ns)
 }
 
-async fn put(ssm: &aws_sdk_ssm::Client, name: &str, value: &str, overwrite: bool) -> Result<()> {
-    ssm.put_parameter()
-        .name(name)
-        .value(value)
-        .r#type(ParameterType::SecureString)
-        .overwrite(overwrite)
-        .send()
-        .await
-        .with_context(|| format!("put {name}"))?;
-    Ok(())
-}
-
 /// Reads `path` as `uid` (through `setpriv`, like the app would).
 fn read_as(uid: u32, path: &Path) -> Result<Option<String>> {
     let out = std::process::Command::new("setpriv")
@@ -339,10 +326,10 @@ async fn ssm_reads_versions_labels_fields_and_templates(bed: &Bed) -> Result<()>
     let (v1, v2, user, pw) = (secret("ssm-v1"), secret("ssm-v2"), secret("ssm-user"), secret("ssm-pw"));
     let p = format!("/{ns}/db/password");
     let j = format!("/{ns}/db/json");
-    put(&ssm, &p, &v1, false).await?;
-    put(&ssm, &p, &v2, true).await?;
+    bed.put_ssm(&p, &v1).await?;
+    bed.put_ssm(&p, &v2).await?;
     ssm.label_parameter_version().name(&p).parameter_version(1).labels("stable").send().await?;
-    put(&ssm, &j, &json!({"user": user, "pw": pw}).to_string(), false).await?;
+    bed.put_ssm(&j, &json!({"user": user, "pw": pw}).to_string()).await?;
     let a = ann(&[
         ("keyhole.dev/store", "aws"),
         ("keyhole.dev/secret-latest", &p),
@@ -367,11 +354,10 @@ async fn ssm_reads_versions_labels_fields_and_templates(bed: &Bed) -> Result<()>
 
 async fn ssm_reads_25_parameters_in_concurrent_batches(bed: &Bed) -> Result<()> {
     let ns = aws_namespace(bed, "inj-ssm25").await?;
-    let ssm = bed.ssm_admin().await;
     let mut pairs = Vec::new();
     for i in 0..25 {
         let v = secret(&format!("p{i}"));
-        put(&ssm, &format!("/{ns}/p/{i}"), &v, false).await?;
+        bed.put_ssm(&format!("/{ns}/p/{i}"), &v).await?;
         pairs.push((format!("keyhole.dev/secret-p{i}"), format!("/{ns}/p/{i}"), v));
     }
     let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, r, _)| (k.as_str(), r.as_str())).collect();
@@ -444,8 +430,7 @@ async fn wrong_vault_role_is_refused(bed: &Bed) -> Result<()> {
 
 async fn missing_parameters_are_named_in_one_error(bed: &Bed) -> Result<()> {
     let ns = aws_namespace(bed, "inj-missing").await?;
-    let ssm = bed.ssm_admin().await;
-    put(&ssm, &format!("/{ns}/present"), &secret("present"), false).await?;
+    bed.put_ssm(&format!("/{ns}/present"), &secret("present")).await?;
     let a = ann(&[
         ("keyhole.dev/store", "aws"),
         ("keyhole.dev/secret-ok", &format!("/{ns}/present")),
@@ -493,9 +478,8 @@ async fn token_for_the_wrong_audience_is_refused(bed: &Bed) -> Result<()> {
 
 async fn ssm_throttling_is_retried_with_backoff(bed: &Bed) -> Result<()> {
     let ns = aws_namespace(bed, "inj-throttle").await?;
-    let ssm = bed.ssm_admin().await;
     let v = secret("throttled");
-    put(&ssm, &format!("/{ns}/pw"), &v, false).await?;
+    bed.put_ssm(&format!("/{ns}/pw"), &v).await?;
     let proxy = Proxy::throttling(&bed.moto_url, 3).await?;
     let extra = json!({"aws-throttled": {"kind": "aws-ssm", "region": "us-east-1", "endpoint": proxy.url,
                                           "stsEndpoint": bed.moto_url, "defaultRole": ROLE_ARN}});
@@ -518,9 +502,8 @@ async fn bench_wall_time_and_rss(bed: &Bed) -> Result<()> {
         None => keyhole_testbed::workspace_bin("keyhole-injector")?,
     };
     let ns = vault_namespace(bed, "inj-bench").await?;
-    let ssm = bed.ssm_admin().await;
     for i in 0..100 {
-        put(&ssm, &format!("/{ns}/b/{i}"), &secret("bench"), false).await?;
+        bed.put_ssm(&format!("/{ns}/b/{i}"), &secret("bench")).await?;
         bed.vault("POST", &format!("secret/data/{ns}/b{i}"), Some(json!({"data": {"v": secret("bench")}}))).await?;
     }
     let all = stores(bed, json!({}))?;

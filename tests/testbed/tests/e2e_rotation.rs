@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use aws_sdk_ssm::types::ParameterType;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -147,20 +146,6 @@ async fn create(bed: &Bed, ns: &str, d: &Deployment) -> Result<()> {
     Ok(())
 }
 
-async fn put_ssm(bed: &Bed, name: &str, value: &str, overwrite: bool) -> Result<()> {
-    bed.ssm_admin()
-        .await
-        .put_parameter()
-        .name(name)
-        .value(value)
-        .r#type(ParameterType::SecureString)
-        .overwrite(overwrite)
-        .send()
-        .await
-        .with_context(|| format!("put {name}"))?;
-    Ok(())
-}
-
 async fn get(bed: &Bed, ns: &str, name: &str) -> Result<Deployment> {
     Ok(Api::<Deployment>::namespaced(bed.client.clone(), ns).get(name).await?)
 }
@@ -273,7 +258,7 @@ async fn ssm_change_rolls_the_deployment_and_the_new_pod_gets_the_new_value(bed:
     let ns = &env.ns;
     let param = format!("/{ns}/db");
     let (v1, v2) = (secret("ssm1"), secret("ssm2"));
-    put_ssm(bed, &param, &v1, false).await?;
+    bed.put_ssm(&param, &v1).await?;
     let ctrl = env.controller(bed, "ctrl").await?;
     create(bed, ns, &deployment("web", ssm_annotations(ns, &param))?).await?;
     wait_observed(bed, ns, "web", &format!("{{\"{param}\":1}}")).await?;
@@ -282,7 +267,7 @@ async fn ssm_change_rolls_the_deployment_and_the_new_pod_gets_the_new_value(bed:
     tokio::time::sleep(INTERVAL * 2).await;
     ensure!(replica_sets(bed, ns, "web").await?.len() == 1, "a rollout without a change");
 
-    put_ssm(bed, &param, &v2, true).await?;
+    bed.put_ssm(&param, &v2).await?;
     let took = wait_replica_sets(bed, ns, "web", 2, INTERVAL + SLACK).await?;
     eprintln!("rot-ssm: new ReplicaSet {:.2}s after the change (interval {}s)", took.as_secs_f64(), INTERVAL.as_secs());
     let d = get(bed, ns, "web").await?;
@@ -335,7 +320,7 @@ async fn ssm_change_with_secret_output_makes_a_new_immutable_secret(bed: &Bed) -
     keyhole_testbed::workload::secret_output_rbac(bed, ns, APP_SA).await?;
     let param = format!("/{ns}/db");
     let (v1, v2) = (secret("sec1"), secret("sec2"));
-    put_ssm(bed, &param, &v1, false).await?;
+    bed.put_ssm(&param, &v1).await?;
     let ctrl = env.controller(bed, "ctrl").await?;
     let mut ann = ssm_annotations(ns, &param);
     ann["keyhole.dev/output"] = json!("both");
@@ -345,7 +330,7 @@ async fn ssm_change_with_secret_output_makes_a_new_immutable_secret(bed: &Bed) -
     let first_pod = keyhole_testbed::workload::pods_of(bed, ns, &first, 1).await?.remove(0);
     ensure!(injected_value(bed, &first_pod).await? == v1, "the first revision's pod did not get the first value");
 
-    put_ssm(bed, &param, &v2, true).await?;
+    bed.put_ssm(&param, &v2).await?;
     wait_replica_sets(bed, ns, "web", 2, INTERVAL + SLACK).await?;
     let versions = template_versions(&get(bed, ns, "web").await?).context("no keyhole.dev/versions")?;
     let pod = pod_of_revision(bed, ns, "web", &versions).await?;
@@ -379,13 +364,13 @@ async fn no_roll_beside_a_control(
     let env = env(bed, prefix).await?;
     let ns = &env.ns;
     let param = format!("/{ns}/db");
-    put_ssm(bed, &param, &secret("c1"), false).await?;
+    bed.put_ssm(&param, &secret("c1")).await?;
     let ctrl = env.controller(bed, "ctrl").await?;
     create(bed, ns, &deployment("control", ssm_annotations(ns, &param))?).await?;
     create(bed, ns, &deployment("quiet", quiet_annotations(ns, &param))?).await?;
     wait_observed(bed, ns, "control", &format!("{{\"{param}\":1}}")).await?;
     wait_replica_sets(bed, ns, "quiet", 1, Duration::from_secs(30)).await?;
-    put_ssm(bed, &param, &secret("c2"), true).await?;
+    bed.put_ssm(&param, &secret("c2")).await?;
     wait_replica_sets(bed, ns, "control", 2, INTERVAL + SLACK).await?;
     tokio::time::sleep(INTERVAL * 2).await;
     let quiet = get(bed, ns, "quiet").await?;
@@ -411,12 +396,12 @@ async fn controller_restart_rolls_nothing(bed: &Bed) -> Result<()> {
     let env = env(bed, "rot-restart").await?;
     let ns = &env.ns;
     let param = format!("/{ns}/db");
-    put_ssm(bed, &param, &secret("r1"), false).await?;
+    bed.put_ssm(&param, &secret("r1")).await?;
     let mut first = env.controller(bed, "first").await?;
     create(bed, ns, &deployment("web", ssm_annotations(ns, &param))?).await?;
     wait_observed(bed, ns, "web", &format!("{{\"{param}\":1}}")).await?;
     // A first rollout, so the template carries a digest the restart could disturb.
-    put_ssm(bed, &param, &secret("r2"), true).await?;
+    bed.put_ssm(&param, &secret("r2")).await?;
     wait_replica_sets(bed, ns, "web", 2, INTERVAL + SLACK).await?;
     let before = get(bed, ns, "web").await?;
     finish(&[&first])?;
@@ -438,7 +423,7 @@ async fn controller_restart_rolls_nothing(bed: &Bed) -> Result<()> {
         after.metadata.generation
     );
     // State lives on the workload: a change made while no controller ran still rolls.
-    put_ssm(bed, &param, &secret("r3"), true).await?;
+    bed.put_ssm(&param, &secret("r3")).await?;
     wait_replica_sets(bed, ns, "web", 3, INTERVAL + SLACK).await?;
     finish(&[&second])
 }
@@ -452,7 +437,7 @@ async fn only_the_lease_holder_patches(bed: &Bed) -> Result<()> {
     let env = env(bed, "rot-lease").await?;
     let ns = &env.ns;
     let param = format!("/{ns}/db");
-    put_ssm(bed, &param, &secret("l1"), false).await?;
+    bed.put_ssm(&param, &secret("l1")).await?;
     let a = env.controller(bed, "a").await?;
     let b = env.controller(bed, "b").await?;
     wait_until("a lease holder", Duration::from_secs(20), || async {
@@ -465,7 +450,7 @@ async fn only_the_lease_holder_patches(bed: &Bed) -> Result<()> {
 
     create(bed, ns, &deployment("web", ssm_annotations(ns, &param))?).await?;
     wait_observed(bed, ns, "web", &format!("{{\"{param}\":1}}")).await?;
-    put_ssm(bed, &param, &secret("l2"), true).await?;
+    bed.put_ssm(&param, &secret("l2")).await?;
     wait_replica_sets(bed, ns, "web", 2, INTERVAL + SLACK).await?;
     tokio::time::sleep(INTERVAL).await;
 
@@ -507,7 +492,7 @@ async fn only_the_lease_holder_patches(bed: &Bed) -> Result<()> {
     })
     .await?;
     eprintln!("rot-lease: failover in {:.2}s (lease duration 4s)", t0.elapsed().as_secs_f64());
-    put_ssm(bed, &param, &secret("l3"), true).await?;
+    bed.put_ssm(&param, &secret("l3")).await?;
     wait_replica_sets(bed, ns, "web", 3, INTERVAL + SLACK * 2).await?;
     ensure!(standby.log().contains("rolled out"), "the new holder did not roll");
     finish(&[&standby])
@@ -518,7 +503,7 @@ async fn manual_roll_rolls_now(bed: &Bed) -> Result<()> {
     let ns = &env.ns;
     let param = format!("/{ns}/db");
     let v1 = secret("m1");
-    put_ssm(bed, &param, &v1, false).await?;
+    bed.put_ssm(&param, &v1).await?;
     create(bed, ns, &deployment("web", ssm_annotations(ns, &param))?).await?;
     wait_replica_sets(bed, ns, "web", 1, Duration::from_secs(30)).await?;
     // No controller runs: the trigger alone rolls, with the controller's credentials.

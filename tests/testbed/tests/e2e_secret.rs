@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use aws_sdk_ssm::types::ParameterType;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -16,7 +15,7 @@ use keyhole_contract::names;
 use keyhole_testbed::kubelet::{InitOpts, InitOutcome, run_init_container};
 use keyhole_testbed::proc::wait_until;
 use keyhole_testbed::proxy::Proxy;
-use keyhole_testbed::webhook::Webhook;
+use keyhole_testbed::webhook::{Webhook, config_yaml_at};
 use keyhole_testbed::workload::{newest_rs, pods_of, secret_output_rbac};
 use keyhole_testbed::{Bed, create_service_account, e2e_tests};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
@@ -35,6 +34,8 @@ fn main() {
 }
 
 const SA: &str = "app";
+/// The request every Vault pod's injector makes first.
+const LOGIN: &str = "/v1/auth/kubernetes/login";
 const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/app";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,27 +67,7 @@ async fn ctx(bed: &Bed) -> Result<&'static Ctx> {
     CTX.get_or_try_init(|| async {
         let vault = Proxy::start(&bed.vault_addr).await?;
         let aws = Proxy::start(&bed.moto_url).await?;
-        let config = format!(
-            r#"injector:
-  image: ghcr.io/keyhole/keyhole:0.1.0
-defaultStore: vault
-stores:
-  vault:
-    kind: vault
-    address: {vault}
-    auth: {{method: kubernetes}}
-    audience: vault
-  aws:
-    kind: aws-ssm
-    region: us-east-1
-    audience: sts.amazonaws.com
-    endpoint: {aws}
-    stsEndpoint: {aws}
-    defaultRole: {ROLE_ARN}
-"#,
-            vault = vault.url,
-            aws = aws.url
-        );
+        let config = config_yaml_at(&vault.url, &aws.url, &aws.url, &[], &[("defaultRole", ROLE_ARN)]);
         let hook = Webhook::start(&config).await?;
         hook.register(bed, "keyhole-secret-e2e", None).await?;
         Ok(Ctx { _hook: hook, vault, aws })
@@ -152,17 +133,7 @@ async fn seed(bed: &Bed, b: Backend, ns: &str, v: &str) -> Result<()> {
         Backend::Vault => {
             bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"password": v}}))).await?;
         }
-        Backend::Aws => {
-            bed.ssm_admin()
-                .await
-                .put_parameter()
-                .name(format!("/{ns}/db"))
-                .value(v)
-                .r#type(ParameterType::SecureString)
-                .overwrite(true)
-                .send()
-                .await?;
-        }
+        Backend::Aws => bed.put_ssm(&format!("/{ns}/db"), v).await?,
     }
     Ok(())
 }
@@ -327,7 +298,7 @@ async fn pods_starting_at_once_fetch_once_and_a_lost_create_uses_the_winner(bed:
     let c = ctx(bed).await?;
     let b = Backend::Vault;
     let proxy = c.proxy(b);
-    let logins = || proxy.count_of("/v1/auth/kubernetes/login");
+    let logins = || proxy.count_of(LOGIN);
 
     // Two pods at once: the first to claim the revision fetches; the other waits
     // for its Secret and never calls the backend. The backend is held until the
@@ -339,19 +310,7 @@ async fn pods_starting_at_once_fetch_once_and_a_lost_create_uses_the_winner(bed:
     let rs = newest_rs(bed, &ns, "web", 1).await?;
     let pods = pods_of(bed, &ns, &rs, 2).await?;
     let before = logins();
-    proxy.hold();
-    let release = async {
-        let arrived =
-            wait_until("one login held at the proxy", Duration::from_secs(30), || async { logins() > before }).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        proxy.release();
-        arrived
-    };
-    let ((a, b2), arrived) = tokio::join!(async { tokio::join!(run(bed, &pods[0]), run(bed, &pods[1])) }, release);
-    arrived?;
-    let (a, b2) = (a?, b2?);
-    ok(&a, &pods[0])?;
-    ok(&b2, &pods[1])?;
+    let (a, b2) = run_two_held(bed, proxy, &pods, 1, Duration::from_secs(1)).await?;
     let mut outcomes = [outcome(&a), outcome(&b2)];
     outcomes.sort();
     ensure!(outcomes == ["created", "reused"], "outcomes {outcomes:?}");
@@ -381,25 +340,40 @@ async fn pods_starting_at_once_fetch_once_and_a_lost_create_uses_the_winner(bed:
         "immutable": true
     }))?;
     Api::<Secret>::namespaced(bed.client.clone(), &ns).create(&PostParams::default(), &claim).await?;
-    let before = logins();
-    proxy.hold();
-    let release = async {
-        let arrived =
-            wait_until("both logins held at the proxy", Duration::from_secs(30), || async { logins() >= before + 2 })
-                .await;
-        proxy.release();
-        arrived
-    };
-    let ((a, b2), arrived) = tokio::join!(async { tokio::join!(run(bed, &pods[0]), run(bed, &pods[1])) }, release);
-    arrived?;
-    let (a, b2) = (a?, b2?);
-    ok(&a, &pods[0])?;
-    ok(&b2, &pods[1])?;
+    let (a, b2) = run_two_held(bed, proxy, &pods, 2, Duration::ZERO).await?;
     let mut outcomes = [outcome(&a), outcome(&b2)];
     outcomes.sort();
     ensure!(outcomes == ["created", "created-by-another-pod"], "outcomes {outcomes:?}");
     check_secret(bed, &ns, &rs, &v).await?;
     Ok(())
+}
+
+/// Runs two pods' injectors at once, holding the backend at `proxy` until
+/// `lined_up` of their logins have arrived there (and `settle` after that);
+/// both must succeed.
+async fn run_two_held(
+    bed: &Bed,
+    proxy: &Proxy,
+    pods: &[Pod],
+    lined_up: usize,
+    settle: Duration,
+) -> Result<(InitOutcome, InitOutcome)> {
+    let logins = || proxy.count_of(LOGIN);
+    let before = logins();
+    proxy.hold();
+    let release = async {
+        let what = format!("{lined_up} logins held at the proxy");
+        let arrived = wait_until(&what, Duration::from_secs(30), || async { logins() >= before + lined_up }).await;
+        tokio::time::sleep(settle).await;
+        proxy.release();
+        arrived
+    };
+    let ((a, b), arrived) = tokio::join!(async { tokio::join!(run(bed, &pods[0]), run(bed, &pods[1])) }, release);
+    arrived?;
+    let (a, b) = (a?, b?);
+    ok(&a, &pods[0])?;
+    ok(&b, &pods[1])?;
+    Ok((a, b))
 }
 
 async fn a_foreign_or_other_plan_secret_is_an_error_and_is_left_untouched(bed: &Bed) -> Result<()> {
