@@ -2,6 +2,12 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 export KEYHOLE_CACHE ?= $(HOME)/.cache/keyhole
+# One build for every target: the same packages, targets and features each time,
+# so `make demo` after `make test` (or the reverse) builds nothing again. Test
+# targets are in it because their dev-dependencies change the features of shared
+# crates; a narrower build here would make the next `cargo test` rebuild those.
+BUILD := $(CARGO) build --workspace --all-targets
+BIN := $(CURDIR)/target/debug
 
 .PHONY: all bed-deps build test unit e2e lint fmt bench demo certs clean
 
@@ -12,23 +18,29 @@ bed-deps:
 	@bash tests/bed/install.sh
 
 build:
-	$(CARGO) build --workspace --bins
+	$(BUILD)
 
 ## Every test: unit, golden, and end to end against the real test bed.
 test: bed-deps
-	$(CARGO) build --workspace --bins
+	$(BUILD)
 	$(CARGO) test --workspace --no-fail-fast
 
+## Every test that needs no test bed: unit, golden, TLS reload.
 unit:
-	$(CARGO) test --workspace --lib --bins
+	$(BUILD)
+	$(CARGO) test --workspace --no-fail-fast --exclude keyhole-testbed
+	$(CARGO) test -p keyhole-testbed --lib --bins
 
 e2e: bed-deps
-	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --test 'e2e*'
+	$(BUILD)
+	$(CARGO) test --workspace --no-fail-fast --test 'e2e*'
 
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# The admission server links no backend SDK, controller runtime or injector.
+	@! $(CARGO) tree -p keyhole-webhook -e normal --prefix none | grep -E '^(aws-[a-z-]+|vaultrs|kube-runtime|kube-client|keyhole-(injector|backends|rotation)) ' \
+	  || { echo "keyhole-webhook must not depend on the crates above (docs/decisions.md, Layout)"; exit 1; }
 
 fmt:
 	$(CARGO) fmt --all
@@ -43,8 +55,8 @@ bench:
 
 ## The main job end to end on the local control plane.
 demo: bed-deps
-	$(CARGO) build --workspace --bins
-	$(CARGO) run -p keyhole-testbed --bin keyhole-bed -- demo
+	$(BUILD)
+	$(BIN)/keyhole-bed demo
 
 ## A CA and the webhook's serving certificate, written into certs/out/.
 certs:

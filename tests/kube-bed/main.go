@@ -5,10 +5,13 @@
 //	kube-bed etcd ...                    (go.etcd.io/etcd/server/v3/etcdmain)
 //	kube-bed kube-apiserver ...          (k8s.io/kubernetes/cmd/kube-apiserver/app)
 //	kube-bed kube-controller-manager ... (k8s.io/kubernetes/cmd/kube-controller-manager/app)
+//	kube-bed kube-scheduler ...          (k8s.io/kubernetes/cmd/kube-scheduler/app)
+//	kube-bed kubelet ...                 (k8s.io/kubernetes/cmd/kubelet/app)
 //	kube-bed version
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 
@@ -19,11 +22,13 @@ import (
 	_ "k8s.io/component-base/metrics/prometheus/version"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	kcm "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: kube-bed etcd|kube-apiserver|kube-controller-manager|version [flags]")
+		fmt.Fprintln(os.Stderr, "usage: kube-bed etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|version [flags]")
 		os.Exit(2)
 	}
 	prog, rest := os.Args[1], os.Args[2:]
@@ -36,6 +41,14 @@ func main() {
 		os.Exit(cli.Run(cmd))
 	case "kube-controller-manager":
 		cmd := kcm.NewControllerManagerCommand()
+		cmd.SetArgs(rest)
+		os.Exit(cli.Run(cmd))
+	case "kube-scheduler":
+		cmd := scheduler.NewSchedulerCommand()
+		cmd.SetArgs(rest)
+		os.Exit(cli.Run(cmd))
+	case "kubelet":
+		cmd := kubelet.NewKubeletCommand(context.Background())
 		cmd.SetArgs(rest)
 		os.Exit(cli.Run(cmd))
 	case "version":

@@ -129,7 +129,10 @@ fn wrk_throughput(wrk: &Path, hook: &Webhook, body: &[u8], conns: usize, secs: u
     let pid = hook.proc.pid().unwrap_or_default();
     let cpu0 = cpu_seconds(pid);
     let t0 = Instant::now();
-    let out = std::process::Command::new(wrk)
+    // The load generator on core 1, the server (pinned by `webhook`) on core 0.
+    let out = std::process::Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(wrk)
         .args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s"), "-s"])
         .arg(&script)
         .arg(format!("{}/mutate", hook.url))
@@ -235,8 +238,11 @@ async fn latency_at(hook: &Webhook, body: Arc<Vec<u8>>, rate: u64, secs: u64) ->
 pub async fn webhook(config_yaml: &str) -> Result<()> {
     let hook = Webhook::start(config_yaml).await?;
     let pid = hook.proc.pid().unwrap_or_default();
+    // One core for the server, every thread of it: the figure is reviews/s per core.
+    let pinned = std::process::Command::new("taskset").args(["-a", "-cp", "0", &pid.to_string()]).output()?;
+    ensure!(pinned.status.success(), "taskset: {}", String::from_utf8_lossy(&pinned.stderr));
     let body = Arc::new(review_body(&typical_pod()));
-    println!("## webhook: POST /mutate over TLS 1.3 with keep-alive, client and server on this machine");
+    println!("## webhook: POST /mutate over TLS 1.3 with keep-alive; server pinned to core 0, wrk to core 1");
     println!("review size: {:.1} KB (2 containers, 1 init container, 40 env vars)", body.len() as f64 / 1024.0);
     one(&client(&hook)?, &format!("{}/mutate", hook.url), &body).await?;
     println!("RSS idle: {:.1} MB", rss_kib(pid, "VmRSS:") as f64 / 1024.0);
@@ -268,6 +274,8 @@ pub async fn webhook(config_yaml: &str) -> Result<()> {
         rss_kib(pid, "VmRSS:") as f64 / 1024.0,
         rss_kib(pid, "VmHWM:") as f64 / 1024.0
     );
-    println!("targets: >= 10,000 reviews/s (best {best:.0}), p99 < 2 ms at 2,000/s ({p99:.2}), RSS < 30 MB");
+    println!(
+        "targets: >= 15,000 reviews/s on one core (best {best:.0}), p99 < 2 ms at 2,000/s ({p99:.2}), RSS < 30 MB"
+    );
     Ok(())
 }

@@ -153,7 +153,7 @@ pub async fn run() -> Result<()> {
             .is_some_and(|a| a.contains_key(keyhole_contract::annotations::OBSERVED_VERSIONS))
     })
     .await?;
-    println!("   keyhole-webhook rotate (interval 2s, metadata-only Vault policy) recorded the versions; no rollout");
+    println!("   keyhole-rotation (interval 2s, metadata-only Vault policy) recorded the versions; no rollout");
     let new_password = demo_value("db-rotated");
     bed.vault("POST", "secret/data/shop/db", Some(json!({"data": {"password": new_password}}))).await?;
     let changed = Instant::now();

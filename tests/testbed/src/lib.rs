@@ -12,6 +12,7 @@ pub mod bench_rotation;
 pub mod demo;
 pub mod harness;
 pub mod kubelet;
+pub mod leaks;
 pub mod pki;
 pub mod proc;
 pub mod proxy;

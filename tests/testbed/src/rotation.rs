@@ -1,4 +1,4 @@
-//! The rotation controller (`keyhole-webhook rotate`) as a real process on the
+//! The rotation controller (`keyhole-rotation`) as a real process on the
 //! bed: its own service account, projected-token files per store audience, a
 //! Vault role whose policy reads KV metadata only, and a Lease of its own.
 
@@ -78,7 +78,6 @@ impl Controller {
         }
         let metrics_port = free_port(false)?;
         let mut args = vec![
-            "rotate".to_owned(),
             format!("--config={}", config.display()),
             format!("--interval={}", opts.interval),
             format!("--max-rollouts={}", opts.max_rollouts),
@@ -94,7 +93,7 @@ impl Controller {
         }
         let proc = Proc::spawn(
             &opts.identity,
-            &workspace_bin("keyhole-webhook")?,
+            &workspace_bin("keyhole-rotation")?,
             &args,
             &[
                 ("KUBECONFIG", bed.kubeconfig.display().to_string()),

@@ -1,4 +1,4 @@
-//! Rotation end to end: the real controller process (`keyhole-webhook rotate`)
+//! Rotation end to end: the real controller process (`keyhole-rotation`)
 //! against the real API server, controller-manager, OpenBao and moto; the real
 //! webhook mutates the new pods; the kubelet is played for their injector.
 //!
@@ -6,17 +6,16 @@
 //! and Lease. Every controller log is scanned for every secret value.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use keyhole_contract::names;
 use keyhole_testbed::kubelet::{InitOpts, run_init_container};
+use keyhole_testbed::leaks::{self, secret};
 use keyhole_testbed::proc::wait_until;
 use keyhole_testbed::rotation::{self, Controller, Opts};
 use keyhole_testbed::webhook::{Webhook, config_yaml};
@@ -45,25 +44,6 @@ const INTERVAL: Duration = Duration::from_secs(2);
 const SLACK: Duration = Duration::from_secs(3);
 const APP_SA: &str = "app";
 const APP_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/app";
-
-static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-fn secret(what: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let v = format!("val-{what}-{:x}-{}", nanos as u64, N.fetch_add(1, Ordering::Relaxed));
-    SECRETS.lock().unwrap().push(v.clone());
-    v
-}
-
-/// Fails if any secret value (or token) appears in `text`; names it by index only.
-fn scan(what: &str, text: &str) -> Result<()> {
-    let secrets = SECRETS.lock().unwrap().clone();
-    if let Some(i) = secrets.iter().position(|s| text.contains(s.as_str())) {
-        bail!("secret #{i} ({} chars) appears in {what}", secrets[i].len());
-    }
-    Ok(())
-}
 
 static HOOK: OnceCell<Webhook> = OnceCell::const_new();
 
@@ -108,7 +88,7 @@ impl Env {
 
     async fn controller(&self, bed: &Bed, identity: &str) -> Result<Controller> {
         let c = Controller::start(bed, &self.ns, &self.opts(bed, identity)).await?;
-        SECRETS.lock().unwrap().extend(c.tokens.iter().cloned());
+        leaks::remember_all(c.tokens.iter().cloned());
         Ok(c)
     }
 }
@@ -219,8 +199,8 @@ async fn pod_of_revision(bed: &Bed, ns: &str, name: &str, versions: &str) -> Res
 /// Plays the kubelet for the pod's injector; returns the file `db` it wrote.
 async fn injected_value(bed: &Bed, pod: &Pod) -> Result<String> {
     let out = run_init_container(bed, pod, &InitOpts::default()).await?;
-    SECRETS.lock().unwrap().extend(out.tokens.iter().cloned());
-    scan("the injector's output", &out.printed())?;
+    leaks::remember_all(out.tokens.iter().cloned());
+    leaks::scan("the injector's output", &out.printed())?;
     ensure!(out.success(), "the injector failed:\n{}", out.describe());
     Ok(std::fs::read_to_string(out.volume(names::SECRETS_VOLUME)?.join("db"))?)
 }
@@ -240,13 +220,13 @@ async fn check_rotated_event(bed: &Bed, ns: &str, name: &str, needle: &str) -> R
     ensure!(evs.len() == 1, "{} SecretRotated events for {name}", evs.len());
     let note = evs[0].note.clone().unwrap_or_default();
     ensure!(note.contains(needle), "event note {note:?} lacks {needle:?}");
-    scan("the Event", &note)?;
+    leaks::scan("the Event", &note)?;
     Ok(())
 }
 
 fn finish(controllers: &[&Controller]) -> Result<()> {
     for c in controllers {
-        scan(&format!("the log of {}", c.identity), &c.log())?;
+        leaks::scan(&format!("the log of {}", c.identity), &c.log())?;
     }
     Ok(())
 }
@@ -514,10 +494,10 @@ async fn manual_roll_rolls_now(bed: &Bed) -> Result<()> {
     let tokens = dir.path().join("tokens");
     std::fs::create_dir_all(&tokens)?;
     let t = bed.token(ns, rotation::SA, &["sts.amazonaws.com"], 3600, None).await?;
-    SECRETS.lock().unwrap().push(t.clone());
+    leaks::remember(t.clone());
     std::fs::write(tokens.join("sts.amazonaws.com"), t)?;
-    let out = tokio::process::Command::new(workspace_bin("keyhole-webhook")?)
-        .args(["roll", "deployment/web", "-n", ns, "--log-format=text"])
+    let out = tokio::process::Command::new(workspace_bin("keyhole")?)
+        .args(["roll", "deployment/web", "-n", ns])
         .arg(format!("--config={}", config.display()))
         .arg(format!("--token-dir={}", tokens.display()))
         .env("KUBECONFIG", &bed.kubeconfig)
@@ -525,8 +505,8 @@ async fn manual_roll_rolls_now(bed: &Bed) -> Result<()> {
         .output()
         .await?;
     let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    scan("the roll command's output", &printed)?;
-    ensure!(out.status.success(), "keyhole-webhook roll failed:\n{printed}");
+    leaks::scan("the roll command's output", &printed)?;
+    ensure!(out.status.success(), "keyhole roll failed:\n{printed}");
     ensure!(printed.contains("deployment/web in"), "{printed}");
     wait_replica_sets(bed, ns, "web", 2, SLACK).await?;
     let d = get(bed, ns, "web").await?;
@@ -544,7 +524,7 @@ async fn manual_roll_rolls_now(bed: &Bed) -> Result<()> {
     .await?;
     ensure!(replica_sets(bed, ns, "web").await?.len() == 2, "the controller rolled again after the trigger");
     // A second trigger rolls again even though no version moved.
-    let again = tokio::process::Command::new(workspace_bin("keyhole-webhook")?)
+    let again = tokio::process::Command::new(workspace_bin("keyhole")?)
         .args(["roll", "deploy/web", "-n", ns])
         .arg(format!("--config={}", config.display()))
         .arg(format!("--token-dir={}", tokens.display()))

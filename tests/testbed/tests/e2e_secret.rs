@@ -7,12 +7,13 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use keyhole_contract::names;
 use keyhole_testbed::kubelet::{InitOpts, InitOutcome, run_init_container};
+use keyhole_testbed::leaks;
 use keyhole_testbed::proc::wait_until;
 use keyhole_testbed::proxy::Proxy;
 use keyhole_testbed::webhook::{Webhook, config_yaml_at};
@@ -77,25 +78,18 @@ async fn ctx(bed: &Bed) -> Result<&'static Ctx> {
 
 // ---- values and the leak scan ------------------------------------------------
 
-static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
 fn value(what: &str) -> String {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let v = format!("sv-{what}-{}-{n}", std::process::id());
-    SECRETS.lock().unwrap().push(v.clone());
-    v
+    leaks::secret(what)
 }
 
 /// Runs the pod's injector as the kubelet would; fails if it printed a value or token.
 async fn run(bed: &Bed, pod: &Pod) -> Result<InitOutcome> {
     let out = run_init_container(bed, pod, &InitOpts::default()).await?;
-    let mut secrets = SECRETS.lock().unwrap();
-    secrets.extend(out.tokens.iter().cloned());
-    let printed = out.printed();
-    if let Some(i) = secrets.iter().position(|s| printed.contains(s.as_str())) {
-        bail!("secret #{i} appears in what the injector of {} printed", pod.metadata.name.as_deref().unwrap_or("-"));
-    }
+    leaks::remember_all(out.tokens.iter().cloned());
+    leaks::scan(
+        &format!("what the injector of {} printed", pod.metadata.name.as_deref().unwrap_or("-")),
+        &out.printed(),
+    )?;
     Ok(out)
 }
 

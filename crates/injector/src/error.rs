@@ -1,0 +1,127 @@
+//! The injector's errors: one variant per failing operation, each naming the
+//! annotation a user would look at, the store, and the backend's own reason.
+//!
+//! No variant carries a secret value: reasons are built from typed error codes,
+//! HTTP statuses, the backends' error messages and I/O error kinds, never from a
+//! response body that could hold a value.
+
+use keyhole_contract::plan::PlanError;
+use keyhole_contract::{annotations, names};
+
+pub use keyhole_backends::{Joined, StoreRef};
+
+use crate::secret::SecretError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Plan(#[from] LoadError),
+
+    /// Boxed: it is the largest variant, and errors travel by value.
+    #[error(transparent)]
+    Backend(Box<keyhole_backends::Error>),
+
+    #[error("{annotation}: {store}: cannot reach the API server for the Secret: {reason}", annotation = annotations::OUTPUT)]
+    SecretSetup { store: StoreRef, reason: String },
+
+    #[error("{annotation}: {store}: {doing} Secret {secret} failed: {reason}", annotation = annotations::OUTPUT)]
+    SecretApi { store: StoreRef, secret: String, doing: &'static str, reason: String },
+
+    #[error(
+        "{annotation}: {store}: Secret {secret} exists and keyhole does not manage it (no label {label}={value}): keyhole never overwrites it; rename or delete that Secret, or write {annotation}: files",
+        annotation = annotations::OUTPUT,
+        label = names::MANAGED_BY_LABEL,
+        value = names::MANAGED_BY_VALUE
+    )]
+    SecretForeign { store: StoreRef, secret: String },
+
+    #[error(
+        "{annotation}: {store}: Secret {secret} was made by keyhole for another plan (digest {found:.12}, this pod's {wanted:.12}): the store configuration changed during this revision; roll the workload out (kubectl rollout restart) for a new revision and a new Secret",
+        annotation = annotations::OUTPUT
+    )]
+    SecretOtherPlan { store: StoreRef, secret: String, found: String, wanted: String },
+
+    #[error("{annotation}: {store}: Secret {secret} is keyhole's but {reason}: delete it and the next pod makes it anew", annotation = annotations::OUTPUT)]
+    SecretMalformed { store: StoreRef, secret: String, reason: String },
+
+    #[error("{annotation}: {store}: the template does not render: {reason}")]
+    Template { annotation: String, store: StoreRef, reason: String },
+
+    #[error("{annotations}: {store}: writing the files to {dir} failed: {reason}")]
+    Write { annotations: Joined, store: StoreRef, dir: String, reason: String },
+
+    #[error("{store}: the {seconds}s deadline passed while {doing}")]
+    Deadline { store: StoreRef, seconds: u64, doing: &'static str },
+}
+
+impl From<keyhole_backends::Error> for Error {
+    fn from(e: keyhole_backends::Error) -> Self {
+        Error::Backend(Box::new(e))
+    }
+}
+
+impl Error {
+    /// Adds the store and the Secret's `namespace/name` to a Secret output error.
+    pub fn secret(store: &StoreRef, target: Option<&crate::secret::Target>, e: SecretError) -> Error {
+        let store = store.clone();
+        let secret = target.map(|t| t.id()).unwrap_or_default();
+        match e {
+            SecretError::Setup(reason) => Error::SecretSetup { store, reason },
+            SecretError::Api { doing, reason } => Error::SecretApi { store, secret, doing, reason },
+            SecretError::Foreign => Error::SecretForeign { store, secret },
+            SecretError::OtherPlan { found, wanted } => Error::SecretOtherPlan { store, secret, found, wanted },
+            SecretError::Malformed(reason) => Error::SecretMalformed { store, secret, reason },
+        }
+    }
+
+    /// The one line the kubelet shows in `kubectl describe pod`: no line breaks,
+    /// and short enough for the termination log's 4 KiB.
+    pub fn termination_message(&self) -> String {
+        let mut line: String = self.to_string().chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }).collect();
+        const MAX: usize = 4000;
+        if line.len() > MAX {
+            let mut cut = MAX;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push_str("...");
+        }
+        line.push('\n');
+        line
+    }
+}
+
+/// Why the plan could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("no plan: set {env} (the webhook does) or pass --plan FILE", env = names::PLAN_ENV)]
+    Missing,
+    #[error("cannot read the plan file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Parse(#[from] PlanError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn termination_message_is_one_bounded_line() {
+        let store = StoreRef { name: "aws".into(), kind: keyhole_contract::StoreKind::AwsSsm };
+        let e = Error::from(keyhole_backends::Error::AssumeRole { store, role: "arn:x".into(), reason: "a\nb".into() });
+        let line = e.termination_message();
+        assert_eq!(
+            line,
+            "keyhole.dev/role: store \"aws\" (aws-ssm): AssumeRoleWithWebIdentity for role arn:x failed: a b\n"
+        );
+        let long = Error::Deadline {
+            store: StoreRef { name: "é".repeat(5000), kind: keyhole_contract::StoreKind::Vault },
+            seconds: 1,
+            doing: "x",
+        };
+        let line = long.termination_message();
+        assert!(line.len() <= 4004 && line.ends_with("...\n"));
+    }
+}

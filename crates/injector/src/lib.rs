@@ -1,0 +1,318 @@
+//! keyhole-injector: the init container. It runs the plan the webhook built from
+//! the pod's annotations: logs in to the store with the pod's projected token,
+//! fetches every value, renders the templates and writes all files at once, or
+//! fails with one line in the termination log and nothing written.
+//!
+//! Values live in `SecretString` from arrival until written; no log line, error
+//! or panic message carries one, nor the token.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod output;
+pub mod secret;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use keyhole_backends::{Ctx, ssm, value, vault};
+use keyhole_contract::annotations::{self, InjectSpec};
+use keyhole_contract::{Plan, Store, names};
+use secrecy::SecretString;
+use tokio::time::Instant;
+use tracing::Instrument;
+use tracing::level_filters::LevelFilter;
+
+pub use crate::error::{Error, LoadError, StoreRef};
+pub use crate::secret::PodIdentity;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Flags; every one can also come from its `KEYHOLE_*` env var.
+#[derive(Parser)]
+#[command(name = "keyhole-injector", version, about = "Fetches the planned secrets into the pod's tmpfs volume")]
+pub struct Args {
+    /// The plan as JSON (the webhook sets KEYHOLE_PLAN).
+    #[arg(long = "plan-json", env = names::PLAN_ENV, hide_env_values = true)]
+    pub plan_json: Option<String>,
+    /// A file holding the plan as JSON, for use outside a pod; wins over KEYHOLE_PLAN.
+    #[arg(long, env = "KEYHOLE_PLAN_FILE")]
+    pub plan: Option<PathBuf>,
+    /// Where the one-line failure reason goes.
+    #[arg(long, env = "KEYHOLE_TERMINATION_LOG", default_value = names::TERMINATION_LOG)]
+    pub termination_log: PathBuf,
+    /// Total deadline in seconds, retries included; default: the plan's.
+    #[arg(long, env = "KEYHOLE_DEADLINE")]
+    pub deadline: Option<u64>,
+    #[arg(long, env = names::POD_NAMESPACE_ENV)]
+    pub pod_namespace: Option<String>,
+    #[arg(long, env = names::POD_NAME_ENV)]
+    pub pod_name: Option<String>,
+    #[arg(long, env = names::POD_UID_ENV)]
+    pub pod_uid: Option<String>,
+    /// Level of keyhole's own logs. Dependencies never log: their debug output
+    /// could carry a token or a value.
+    #[arg(long, env = "KEYHOLE_LOG_LEVEL", default_value = "info")]
+    pub log_level: LevelFilter,
+    #[arg(long, env = "KEYHOLE_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+/// What a successful run did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub values: usize,
+    pub files: usize,
+    /// What happened to the revision's Secret, for Secret output.
+    pub secret: Option<SecretOutcome>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretOutcome {
+    /// This pod fetched the values and created the Secret.
+    Created,
+    /// This pod fetched the values, but another pod of the revision created the
+    /// Secret first; its values are used.
+    CreatedByAnother,
+    /// The Secret was there: no backend call.
+    Reused,
+}
+
+impl SecretOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretOutcome::Created => "created",
+            SecretOutcome::CreatedByAnother => "created-by-another-pod",
+            SecretOutcome::Reused => "reused",
+        }
+    }
+}
+
+/// The whole program: logs, the crypto provider, a one-thread runtime, the plan.
+/// Exits non-zero when the run failed (it has already said why).
+pub fn main(args: Args) -> std::process::ExitCode {
+    args.init_logging();
+    // One crypto provider for every TLS client, chosen here rather than by features.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keyhole-injector: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(args.run()) {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(_) => std::process::ExitCode::FAILURE,
+    }
+}
+
+impl Args {
+    /// JSON (or text) logs on stderr, keyhole's own events only.
+    pub fn init_logging(&self) {
+        let level = self.log_level;
+        let filter = tracing_subscriber::EnvFilter::new(format!("keyhole_injector={level},keyhole_backends={level}"));
+        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+        let _ = match self.log_format {
+            LogFormat::Json => {
+                builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+            }
+            LogFormat::Text => builder.compact().try_init(),
+        };
+    }
+
+    /// Runs the plan. On failure the reason is logged and written to the
+    /// termination log, and nothing is left in the output dir.
+    pub async fn run(self) -> Result<Report, Error> {
+        let Self {
+            plan_json,
+            plan,
+            termination_log,
+            deadline,
+            pod_namespace,
+            pod_name,
+            pod_uid,
+            log_level: _,
+            log_format: _,
+        } = self;
+        let started = std::time::Instant::now();
+        let loaded = load_plan(plan_json.as_deref(), plan.as_deref());
+        let (store, kind) = match &loaded {
+            Ok(p) => (p.store_name.clone(), p.store.kind().as_str()),
+            Err(_) => ("-".to_owned(), "-"),
+        };
+        let pod = format!("{}/{}", pod_namespace.as_deref().unwrap_or("-"), pod_name.as_deref().unwrap_or("-"));
+        let span = tracing::info_span!("injector", store = %store, kind, pod = %pod, pod_uid = pod_uid.as_deref().unwrap_or("-"));
+        let result = async {
+            let plan = loaded?;
+            let pod =
+                PodIdentity { namespace: pod_namespace.as_deref(), name: pod_name.as_deref(), uid: pod_uid.as_deref() };
+            execute(&plan, deadline, &pod).await
+        }
+        .instrument(span.clone())
+        .await;
+        let _entered = span.enter();
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(report) => tracing::info!(
+                values = report.values,
+                files = report.files,
+                secret = report.secret.map(SecretOutcome::as_str).unwrap_or("-"),
+                elapsed_ms,
+                "done"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, elapsed_ms, "failed");
+                if let Err(io) = std::fs::write(&termination_log, e.termination_message()) {
+                    tracing::warn!(path = %termination_log.display(), error = %io, "cannot write the termination log");
+                }
+            }
+        }
+        result
+    }
+}
+
+fn load_plan(json: Option<&str>, file: Option<&Path>) -> Result<Plan, LoadError> {
+    let text = match (file, json) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?,
+        (None, Some(json)) => json.to_owned(),
+        (None, None) => return Err(LoadError::Missing),
+    };
+    Ok(Plan::from_json(&text)?)
+}
+
+/// Fetches, renders and writes what `plan` asks for: files, a Secret, or both.
+pub async fn execute(plan: &Plan, deadline_override: Option<u64>, pod: &PodIdentity<'_>) -> Result<Report, Error> {
+    let store = StoreRef { name: plan.store_name.clone(), kind: plan.store.kind() };
+    let seconds = deadline_override.unwrap_or(plan.deadline_seconds).max(1);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    tracing::info!(
+        role = %plan.role,
+        items = plan.items.len(),
+        templates = plan.templates.len(),
+        secret = plan.secret.is_some(),
+        files = plan.output_dir.is_some(),
+        deadline_s = seconds,
+        "starting"
+    );
+    let target = match &plan.secret {
+        Some(t) => Some(secret::Target::new(t, pod).map_err(|e| Error::secret(&store, None, e))?),
+        None => None,
+    };
+    let digest = plan.digest();
+
+    if let Some(t) = &target {
+        let err = |e| Error::secret(&store, Some(t), e);
+        // A later pod of the revision: the Secret holds its values; the backend
+        // is not asked, so pods still start while it is down.
+        let mut found = t.find(&digest, deadline).await.map_err(err)?;
+        if found.is_none()
+            && let secret::Claim::Theirs { holder, until } = t.claim(deadline).await.map_err(err)?
+        {
+            tracing::info!(secret = %t.id(), holder = %holder, "another pod of this revision is fetching: waiting for its Secret");
+            found = t.wait(&digest, until, deadline).await.map_err(err)?;
+            if found.is_none() {
+                tracing::warn!(secret = %t.id(), holder = %holder, "its claim lapsed without a Secret: fetching");
+            }
+        }
+        if let Some(data) = found {
+            tracing::info!(secret = %t.id(), "found this revision's Secret: no backend call");
+            let files = write_files(plan, &store, &data)?;
+            return Ok(Report { values: plan.items.len(), files, secret: Some(SecretOutcome::Reused) });
+        }
+    }
+
+    let (values, rendered) = fetch(plan, &store, deadline, seconds, pod.name).await?;
+    let n_values = values.len();
+    let mut data: Vec<(String, SecretString)> = values.into_iter().collect();
+    data.extend(rendered);
+    let mut outcome = None;
+    if let Some(t) = &target {
+        let (winner, created) =
+            t.create(&digest, data, deadline).await.map_err(|e| Error::secret(&store, Some(t), e))?;
+        outcome = Some(if created { SecretOutcome::Created } else { SecretOutcome::CreatedByAnother });
+        tracing::info!(secret = %t.id(), created, "the revision's Secret is in place");
+        data = winner;
+    }
+    let files = write_files(plan, &store, &data)?;
+    Ok(Report { values: n_values, files, secret: outcome })
+}
+
+/// Logs in, fetches every value and renders the templates.
+async fn fetch(
+    plan: &Plan,
+    store: &StoreRef,
+    deadline: Instant,
+    seconds: u64,
+    pod_name: Option<&str>,
+) -> Result<(value::Values, Vec<(String, SecretString)>), Error> {
+    let token = keyhole_backends::read_token(Path::new(&plan.token_path)).map_err(|reason| {
+        keyhole_backends::Error::Token { store: store.clone(), path: plan.token_path.clone(), reason }
+    })?;
+    let ctx = Ctx {
+        store: store.clone(),
+        role: plan.role.clone(),
+        token,
+        deadline,
+        session: keyhole_backends::session_name(pod_name.unwrap_or("injector")),
+    };
+    let fetch = async {
+        match &plan.store {
+            Store::AwsSsm(s) => ssm::fetch(&ctx, s, &plan.items).await,
+            Store::Vault(v) => vault::fetch(&ctx, v, &plan.items).await,
+        }
+    };
+    // A backstop only: every call and retry already stops at the deadline, with
+    // a better reason than this one.
+    let backstop = deadline + Duration::from_secs(2);
+    let values = tokio::time::timeout_at(backstop, fetch).await.map_err(|_| Error::Deadline {
+        store: store.clone(),
+        seconds,
+        doing: "fetching the values",
+    })??;
+    let rendered = output::render(&plan.templates, &values).map_err(|e| Error::Template {
+        annotation: InjectSpec::template_annotation(&e.name),
+        store: store.clone(),
+        reason: e.reason,
+    })?;
+    Ok((values, rendered))
+}
+
+/// Writes the files if the plan has an output dir; how many.
+fn write_files(plan: &Plan, store: &StoreRef, files: &[(String, SecretString)]) -> Result<usize, Error> {
+    let Some(dir) = &plan.output_dir else {
+        return Ok(0);
+    };
+    output::write_atomic(Path::new(dir), files, plan.file_mode).map_err(|e| {
+        let annotation = match &e.name {
+            Some(n) if plan.items.iter().any(|i| &i.name == n) => InjectSpec::secret_annotation(n),
+            Some(n) => InjectSpec::template_annotation(n),
+            None => annotations::OUTPUT.to_owned(),
+        };
+        Error::Write {
+            annotations: error::Joined(vec![annotation]),
+            store: store.clone(),
+            dir: dir.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(files.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_plan_says_how_to_give_one() {
+        let err = load_plan(None, None).unwrap_err().to_string();
+        assert!(err.contains("KEYHOLE_PLAN") && err.contains("--plan"), "{err}");
+        let err = load_plan(Some("{}"), None).unwrap_err().to_string();
+        assert!(err.contains("not valid JSON of keyhole's plan"), "{err}");
+    }
+}

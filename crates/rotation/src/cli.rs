@@ -1,0 +1,125 @@
+//! The controller's flags, and the manual trigger's: the `keyhole-rotation`
+//! binary, `keyhole rotation` and `keyhole roll` parse these.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use keyhole_admin::LogFormat;
+use keyhole_contract::config::Config;
+use keyhole_contract::duration;
+
+use crate::controller::Settings;
+use crate::lease::LeaseConfig;
+use crate::workload::{Kind, parse_target};
+use crate::{DEFAULT_TOKEN_DIR, RotationConfig};
+
+/// keyhole's rotation controller: rolls the workloads whose referenced values got a new version.
+#[derive(clap::Parser)]
+#[command(name = "keyhole-rotation", version)]
+pub struct Cli {
+    /// The operator's config (the stores; the rest is the webhook's).
+    #[arg(long, env = "KEYHOLE_CONFIG")]
+    pub config: PathBuf,
+    #[arg(long, env = "KEYHOLE_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// The poll interval (a workload's keyhole.dev/refresh-interval overrides it), and
+    /// the window of the rollout budget.
+    #[arg(long, env = "KEYHOLE_ROTATION_INTERVAL", default_value = "60s", value_parser = duration::parse_flag)]
+    pub interval: Duration,
+    /// Rollouts started per interval at most; the rest follow in the next ones.
+    #[arg(long, env = "KEYHOLE_MAX_ROLLOUTS", default_value_t = 10)]
+    pub max_rollouts: usize,
+    /// The Lease that elects the one active controller.
+    #[arg(long, env = "KEYHOLE_LEASE_NAME", default_value = "keyhole-rotation")]
+    pub lease_name: String,
+    #[arg(long, env = "KEYHOLE_LEASE_NAMESPACE", default_value = "keyhole-system")]
+    pub lease_namespace: String,
+    /// How long a silent holder keeps the lease.
+    #[arg(long, env = "KEYHOLE_LEASE_DURATION", default_value = "15s", value_parser = duration::parse_flag)]
+    pub lease_duration: Duration,
+    /// This instance's name in the Lease; default: the host name (the pod name).
+    #[arg(long, env = "KEYHOLE_IDENTITY")]
+    pub identity: Option<String>,
+    /// Watch one namespace only; default: the whole cluster.
+    #[arg(long, env = "KEYHOLE_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Directory of the projected service-account tokens, one file per store audience.
+    #[arg(long, env = "KEYHOLE_TOKEN_DIR", default_value = DEFAULT_TOKEN_DIR)]
+    pub token_dir: PathBuf,
+    /// Plain-HTTP listener for /metrics, /healthz and /readyz.
+    #[arg(long, env = "KEYHOLE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Cli {
+    /// Logs, crypto provider, config, then runs until SIGTERM.
+    pub fn main(self) -> Result<()> {
+        let Self {
+            config,
+            log_format,
+            interval,
+            max_rollouts,
+            lease_name,
+            lease_namespace,
+            lease_duration,
+            identity,
+            watch_namespace,
+            token_dir,
+            metrics_listen,
+        } = self;
+        keyhole_admin::init_logs(log_format, "info");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = Config::load(&config)?;
+        let identity = identity
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("keyhole-rotation-{}", std::process::id()));
+        let config = RotationConfig {
+            stores: config.stores,
+            settings: Settings { interval, max_rollouts, namespace: watch_namespace },
+            lease: LeaseConfig { name: lease_name, namespace: lease_namespace, identity, duration: lease_duration },
+            token_dir,
+        };
+        runtime()?.block_on(crate::run(config, metrics_listen, keyhole_admin::shutdown_signal()))?;
+        Ok(())
+    }
+}
+
+/// `keyhole roll`: roll one workload now, with the controller's own patch.
+#[derive(clap::Args)]
+pub struct RollArgs {
+    /// `<kind>/<name>`: deployment/web, statefulset/db, daemonset/agent.
+    #[arg(value_parser = parse_target)]
+    pub target: (Kind, String),
+    #[arg(short, long, env = "KEYHOLE_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// The operator's config (the stores).
+    #[arg(long, env = "KEYHOLE_CONFIG")]
+    pub config: PathBuf,
+    /// Directory of the projected service-account tokens, one file per store audience.
+    #[arg(long, env = "KEYHOLE_TOKEN_DIR", default_value = DEFAULT_TOKEN_DIR)]
+    pub token_dir: PathBuf,
+}
+
+impl RollArgs {
+    pub fn main(self) -> Result<()> {
+        let Self { target: (kind, name), namespace, config, token_dir } = self;
+        keyhole_admin::init_logs(LogFormat::Text, "warn");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = Config::load(&config)?;
+        let rolled = runtime()?.block_on(crate::roll(&config.stores, token_dir, kind, &namespace, &name))?;
+        println!(
+            "{}/{name} in {namespace}: rolling out (keyhole.dev/versions={}; versions {})",
+            kind.as_str().to_ascii_lowercase(),
+            rolled.digest,
+            rolled.versions.as_deref().unwrap_or("kept")
+        );
+        Ok(())
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

@@ -1,0 +1,67 @@
+//! The server's flags: the `keyhole-webhook` binary and `keyhole webhook` both
+//! parse these and call [`Cli::main`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use keyhole_admin::LogFormat;
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::tls::CertStore;
+use crate::{App, Config};
+
+/// keyhole's admission webhook: POST /mutate for pods, POST /validate for workloads.
+#[derive(clap::Parser)]
+#[command(name = "keyhole-webhook", version)]
+pub struct Cli {
+    /// The operator's config (injector image, stores).
+    #[arg(long, env = "KEYHOLE_CONFIG")]
+    pub config: PathBuf,
+    /// Log format.
+    #[arg(long, env = "KEYHOLE_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// Serving certificate (PEM); reloaded when the file changes.
+    #[arg(long, env = "KEYHOLE_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// Serving key (PEM).
+    #[arg(long, env = "KEYHOLE_TLS_KEY")]
+    pub tls_key: PathBuf,
+    #[arg(long, env = "KEYHOLE_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Plain-HTTP listener for /metrics, /healthz and /readyz.
+    #[arg(long, env = "KEYHOLE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often the certificate files are re-read.
+    #[arg(long, env = "KEYHOLE_CERT_RELOAD_SECONDS", default_value_t = 5)]
+    pub cert_reload_seconds: u64,
+}
+
+impl Cli {
+    /// Logs, crypto provider, config, then serves until SIGTERM.
+    pub fn main(self) -> Result<()> {
+        let Self { config, log_format, tls_cert, tls_key, listen, metrics_listen, cert_reload_seconds } = self;
+        keyhole_admin::init_logs(log_format, "info");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = Config::load(&config)?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let metrics = Arc::new(Metrics::default());
+            let certs = CertStore::load(&tls_cert, &tls_key, metrics.clone())?;
+            certs.spawn_reloader(Duration::from_secs(cert_reload_seconds.max(1)));
+            let listener = TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
+            let metrics_listener = match metrics_listen {
+                Some(addr) => Some(keyhole_admin::bind(addr).await.with_context(|| format!("listen on {addr}"))?),
+                None => None,
+            };
+            tracing::info!(%listen, metrics = ?metrics_listen, stores = config.stores.stores.len(), "keyhole-webhook serving");
+            let app = App::new(config, metrics);
+            crate::serve(listener, metrics_listener, app, certs, keyhole_admin::shutdown_signal()).await?;
+            tracing::info!("stopped");
+            Ok(())
+        })
+    }
+}
