@@ -28,8 +28,7 @@ test: bed-deps
 ## Every test that needs no test bed: unit, golden, TLS reload.
 unit:
 	$(BUILD)
-	$(CARGO) test --workspace --no-fail-fast --exclude keyhole-testbed
-	$(CARGO) test -p keyhole-testbed --lib --bins
+	$(CARGO) test --workspace --no-fail-fast --lib --bins --test golden --test tls_reload
 
 e2e: bed-deps
 	$(BUILD)

@@ -70,13 +70,13 @@ impl Output {
 }
 
 impl std::str::FromStr for Output {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         match s {
             "files" => Ok(Output::Files),
             "secret" => Ok(Output::Secret),
             "both" => Ok(Output::Both),
-            other => Err(format!("{other:?} is not an output: write files, secret or both")),
+            other => Err(ValueError::Output(other.to_owned())),
         }
     }
 }
@@ -207,11 +207,11 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<InjectSpec
             },
             OUTPUT => match value.parse() {
                 Ok(o) => spec.output = o,
-                Err(e) => bad(e),
+                Err(e) => bad(e.to_string()),
             },
             MOUNT_PATH => match check_mount_path(value) {
                 Ok(()) => spec.mount_path = value.trim_end_matches('/').to_owned(),
-                Err(e) => bad(e),
+                Err(e) => bad(e.to_string()),
             },
             CONTAINERS => {
                 let names: Vec<String> =
@@ -224,7 +224,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<InjectSpec
             }
             FILE_MODE => match parse_file_mode(value) {
                 Ok(m) => spec.file_mode = Some(m),
-                Err(e) => bad(e),
+                Err(e) => bad(e.to_string()),
             },
             ROTATE => match value.as_str() {
                 "true" => spec.rotate = true,
@@ -238,13 +238,13 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<InjectSpec
             _ => {
                 if let Some(name) = short.strip_prefix("secret-") {
                     match (check_item_name(name), non_empty(value)) {
-                        (Err(e), _) => bad(e),
+                        (Err(e), _) => bad(e.to_string()),
                         (_, None) => bad("empty reference: write where the value lives in the store".into()),
                         (Ok(()), Some(v)) => spec.secrets.push(SecretItem { name: name.to_owned(), reference: v.to_owned() }),
                     }
                 } else if let Some(name) = short.strip_prefix("template-") {
                     match check_item_name(name).and_then(|()| check_template(value)) {
-                        Err(e) => bad(e),
+                        Err(e) => bad(e.to_string()),
                         Ok(()) => spec.templates.push(TemplateItem { name: name.to_owned(), source: value.clone() }),
                     }
                 } else {
@@ -319,22 +319,58 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Why one annotation's value (or the name in its key) is refused; each says
+/// what to write instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    #[error("no name after the prefix: write secret-<name>, where <name> becomes the file name")]
+    NoName,
+    #[error("name {0:?} is longer than 200 characters")]
+    NameTooLong(String),
+    #[error("name {0:?} starts with '.', which keyhole keeps for its own files: drop the dot")]
+    DotName(String),
+    #[error(
+        "name {name:?} has {bad:?}, which is not allowed in a file name or Secret key: use letters, digits, - _ . (for example {suggestion})"
+    )]
+    NameCharacter { name: String, bad: char, suggestion: String },
+    #[error("{0:?} is not an output: write files, secret or both")]
+    Output(String),
+    #[error("{0:?} is not an absolute directory other than /: {MOUNT_HINT}")]
+    NotAbsolute(String),
+    #[error("{0:?} has '.' or '..': {MOUNT_HINT}")]
+    DotSegment(String),
+    #[error("{0:?} has ':' or white space: {MOUNT_HINT}")]
+    MountCharacter(String),
+    #[error("{0:?} is not an octal mode: {MODE_HINT}")]
+    NotOctal(String),
+    #[error("{0:?} is out of range: {MODE_HINT}")]
+    ModeRange(String),
+    #[error("{0:?} allows writing or executing: {MODE_HINT}")]
+    Writable(String),
+    #[error("{0:?} does not let the owner read: {MODE_HINT}")]
+    OwnerCannotRead(String),
+    #[error("empty template: write a minijinja template that uses secrets[\"<name>\"]")]
+    EmptyTemplate,
+    #[error("template does not parse: {0}; values are secrets[\"<name>\"], like {{{{ secrets[\"password\"] }}}}")]
+    Template(#[source] minijinja::Error),
+}
+
+const MOUNT_HINT: &str = "write an absolute directory like /keyhole/secrets";
+const MODE_HINT: &str = "write a read-only octal mode like 0400, 0440 or 0444";
+
 /// An item name is a file name on the tmpfs and a key in the Secret.
-pub fn check_item_name(name: &str) -> Result<(), String> {
+pub fn check_item_name(name: &str) -> Result<(), ValueError> {
     if name.is_empty() {
-        return Err("no name after the prefix: write secret-<name>, where <name> becomes the file name".into());
+        return Err(ValueError::NoName);
     }
     if name.len() > 200 {
-        return Err(format!("name {name:?} is longer than 200 characters"));
+        return Err(ValueError::NameTooLong(name.to_owned()));
     }
     if name.starts_with('.') {
-        return Err(format!("name {name:?} starts with '.', which keyhole keeps for its own files: drop the dot"));
+        return Err(ValueError::DotName(name.to_owned()));
     }
     if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
-        return Err(format!(
-            "name {name:?} has {bad:?}, which is not allowed in a file name or Secret key: use letters, digits, - _ . (for example {})",
-            env_suggestion(name)
-        ));
+        return Err(ValueError::NameCharacter { name: name.to_owned(), bad, suggestion: env_suggestion(name) });
     }
     Ok(())
 }
@@ -353,32 +389,30 @@ fn env_suggestion(name: &str) -> String {
     s
 }
 
-fn check_mount_path(v: &str) -> Result<(), String> {
-    let hint = "write an absolute directory like /keyhole/secrets";
+fn check_mount_path(v: &str) -> Result<(), ValueError> {
     if !v.starts_with('/') || v == "/" {
-        return Err(format!("{v:?} is not an absolute directory other than /: {hint}"));
+        return Err(ValueError::NotAbsolute(v.to_owned()));
     }
     if v.split('/').any(|s| s == ".." || s == ".") {
-        return Err(format!("{v:?} has '.' or '..': {hint}"));
+        return Err(ValueError::DotSegment(v.to_owned()));
     }
     if v.contains(':') || v.chars().any(char::is_whitespace) {
-        return Err(format!("{v:?} has ':' or white space: {hint}"));
+        return Err(ValueError::MountCharacter(v.to_owned()));
     }
     Ok(())
 }
 
 /// Read-only octal modes only: `0400`, `440`, `0444`.
-pub fn parse_file_mode(v: &str) -> Result<u32, String> {
-    let hint = "write a read-only octal mode like 0400, 0440 or 0444";
-    let mode = u32::from_str_radix(v.trim(), 8).map_err(|_| format!("{v:?} is not an octal mode: {hint}"))?;
+pub fn parse_file_mode(v: &str) -> Result<u32, ValueError> {
+    let mode = u32::from_str_radix(v.trim(), 8).map_err(|_| ValueError::NotOctal(v.to_owned()))?;
     if mode > 0o777 {
-        return Err(format!("{v:?} is out of range: {hint}"));
+        return Err(ValueError::ModeRange(v.to_owned()));
     }
     if mode & 0o333 != 0 {
-        return Err(format!("{v:?} allows writing or executing: {hint}"));
+        return Err(ValueError::Writable(v.to_owned()));
     }
     if mode & 0o400 == 0 {
-        return Err(format!("{v:?} does not let the owner read: {hint}"));
+        return Err(ValueError::OwnerCannotRead(v.to_owned()));
     }
     Ok(mode)
 }
@@ -399,13 +433,11 @@ pub fn template_env() -> minijinja::Environment<'static> {
     env
 }
 
-fn check_template(source: &str) -> Result<(), String> {
+fn check_template(source: &str) -> Result<(), ValueError> {
     if source.trim().is_empty() {
-        return Err("empty template: write a minijinja template that uses secrets[\"<name>\"]".into());
+        return Err(ValueError::EmptyTemplate);
     }
-    template_env().template_from_str(source).map(|_| ()).map_err(|e| {
-        format!("template does not parse: {e}; values are secrets[\"<name>\"], like {{{{ secrets[\"password\"] }}}}")
-    })
+    template_env().template_from_str(source).map(|_| ()).map_err(ValueError::Template)
 }
 
 #[cfg(test)]

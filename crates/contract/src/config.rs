@@ -48,8 +48,10 @@ pub enum ConfigError {
     Read { path: String, source: std::io::Error },
     #[error("config {path}: {source}")]
     Parse { path: String, source: serde_yaml::Error },
-    #[error("config {path}: {message}")]
-    Invalid { path: String, message: String },
+    #[error("config {path}: {source}")]
+    Stores { path: String, source: crate::store::InvalidStores },
+    #[error("config {path}: injector.image is empty")]
+    NoImage { path: String },
 }
 
 impl Config {
@@ -58,7 +60,8 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
         Config::parse(&text).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse { path: p.clone(), source },
-            ConfigError::Invalid { message, .. } => ConfigError::Invalid { path: p.clone(), message },
+            ConfigError::Stores { source, .. } => ConfigError::Stores { path: p.clone(), source },
+            ConfigError::NoImage { .. } => ConfigError::NoImage { path: p.clone() },
             other => other,
         })
     }
@@ -67,9 +70,9 @@ impl Config {
         let file: File =
             serde_yaml::from_str(yaml).map_err(|source| ConfigError::Parse { path: String::new(), source })?;
         let stores = Stores { default_store: file.default_store, stores: file.stores };
-        stores.validate().map_err(|message| ConfigError::Invalid { path: String::new(), message })?;
+        stores.validate().map_err(|source| ConfigError::Stores { path: String::new(), source })?;
         if file.injector.image.trim().is_empty() {
-            return Err(ConfigError::Invalid { path: String::new(), message: "injector.image is empty".into() });
+            return Err(ConfigError::NoImage { path: String::new() });
         }
         Ok(Config { injector: file.injector, stores })
     }

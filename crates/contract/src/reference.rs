@@ -11,6 +11,39 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::StoreKind;
 
+/// Why a reference does not parse; each says what to write instead.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("empty parameter name: {SSM_EXAMPLE}")]
+    EmptyName,
+    #[error("parameter name longer than 2048 characters")]
+    NameTooLong,
+    #[error(
+        "parameter name {name:?} has {bad:?}, which SSM does not allow (letters, digits, _ . - / only): {SSM_EXAMPLE}"
+    )]
+    SsmCharacter { name: String, bad: char },
+    #[error("parameter name {0:?} is not a valid path: a hierarchical name starts with / and has no empty segment")]
+    SsmPath(String),
+    #[error("empty selector after ':': {SSM_EXAMPLE}")]
+    EmptySelector,
+    #[error("version {0:?} must be a number from 1 up")]
+    Version(String),
+    #[error("label {0:?} is not a valid SSM label (letters, digits, _ . -, at most 100, not starting with aws or ssm)")]
+    Label(String),
+    #[error("unknown query {0:?}: only ?version=N is supported; {VAULT_EXAMPLE}")]
+    Query(String),
+    #[error("{0:?} has no mount and path: {VAULT_EXAMPLE}")]
+    NoMount(String),
+    #[error("{0:?}: '.' and '..' are not allowed in a path")]
+    DotSegment(String),
+    #[error("{raw:?} has {bad:?} in its path: {VAULT_EXAMPLE}")]
+    VaultCharacter { raw: String, bad: char },
+    #[error("empty field after '#': name the JSON key, like #password")]
+    EmptyField,
+    #[error("field {0:?} has a second '#'")]
+    SecondHash(String),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Reference {
@@ -20,7 +53,7 @@ pub enum Reference {
 
 impl Reference {
     /// Parses `raw` in the grammar of `kind`; the error says what to write instead.
-    pub fn parse(kind: StoreKind, raw: &str) -> Result<Self, String> {
+    pub fn parse(kind: StoreKind, raw: &str) -> Result<Self, ReferenceError> {
         match kind {
             StoreKind::AwsSsm => SsmRef::parse(raw).map(Reference::AwsSsm),
             StoreKind::Vault => VaultRef::parse(raw).map(Reference::Vault),
@@ -73,27 +106,23 @@ const SSM_EXAMPLE: &str =
     "write a parameter name like /prod/db/password, optionally with :3 (version), :stable (label) or #key (JSON field)";
 
 impl SsmRef {
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, ReferenceError> {
         let (rest, key) = split_field(raw)?;
         let (name, selector) = match rest.rsplit_once(':') {
             Some((name, sel)) => (name, Some(parse_ssm_selector(sel)?)),
             None => (rest, None),
         };
         if name.is_empty() {
-            return Err(format!("empty parameter name: {SSM_EXAMPLE}"));
+            return Err(ReferenceError::EmptyName);
         }
         if name.len() > 2048 {
-            return Err("parameter name longer than 2048 characters".to_owned());
+            return Err(ReferenceError::NameTooLong);
         }
         if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'))) {
-            return Err(format!(
-                "parameter name {name:?} has {bad:?}, which SSM does not allow (letters, digits, _ . - / only): {SSM_EXAMPLE}"
-            ));
+            return Err(ReferenceError::SsmCharacter { name: name.to_owned(), bad });
         }
         if name.contains("//") || (name.contains('/') && !name.starts_with('/')) {
-            return Err(format!(
-                "parameter name {name:?} is not a valid path: a hierarchical name starts with / and has no empty segment"
-            ));
+            return Err(ReferenceError::SsmPath(name.to_owned()));
         }
         Ok(SsmRef { name: name.to_owned(), selector, key })
     }
@@ -108,22 +137,20 @@ impl SsmRef {
     }
 }
 
-fn parse_ssm_selector(sel: &str) -> Result<SsmSelector, String> {
+fn parse_ssm_selector(sel: &str) -> Result<SsmSelector, ReferenceError> {
     if sel.is_empty() {
-        return Err(format!("empty selector after ':': {SSM_EXAMPLE}"));
+        return Err(ReferenceError::EmptySelector);
     }
     if sel.bytes().all(|b| b.is_ascii_digit()) {
         return match sel.parse::<u64>() {
             Ok(v) if v > 0 => Ok(SsmSelector::Version(v)),
-            _ => Err(format!("version {sel:?} must be a number from 1 up")),
+            _ => Err(ReferenceError::Version(sel.to_owned())),
         };
     }
     let ok = sel.len() <= 100 && sel.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     let lower = sel.to_ascii_lowercase();
     if !ok || lower.starts_with("aws") || lower.starts_with("ssm") {
-        return Err(format!(
-            "label {sel:?} is not a valid SSM label (letters, digits, _ . -, at most 100, not starting with aws or ssm)"
-        ));
+        return Err(ReferenceError::Label(sel.to_owned()));
     }
     Ok(SsmSelector::Label(sel.to_owned()))
 }
@@ -151,16 +178,14 @@ pub struct VaultRef {
 const VAULT_EXAMPLE: &str = "write <mount>/<path>[?version=N][#field], like secret/app/db#password";
 
 impl VaultRef {
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, ReferenceError> {
         let (rest, field) = split_field(raw)?;
         let (path, version) = match rest.split_once('?') {
             Some((path, query)) => {
-                let v = query
-                    .strip_prefix("version=")
-                    .ok_or_else(|| format!("unknown query {query:?}: only ?version=N is supported; {VAULT_EXAMPLE}"))?;
+                let v = query.strip_prefix("version=").ok_or_else(|| ReferenceError::Query(query.to_owned()))?;
                 match v.parse::<u64>() {
                     Ok(v) if v > 0 => (path, Some(v)),
-                    _ => return Err(format!("version {v:?} must be a number from 1 up")),
+                    _ => return Err(ReferenceError::Version(v.to_owned())),
                 }
             }
             None => (rest, None),
@@ -168,15 +193,15 @@ impl VaultRef {
         let path = path.trim_matches('/');
         let segments: Vec<&str> = path.split('/').collect();
         if segments.len() < 2 || segments.iter().any(|s| s.is_empty()) {
-            return Err(format!("{raw:?} has no mount and path: {VAULT_EXAMPLE}"));
+            return Err(ReferenceError::NoMount(raw.to_owned()));
         }
         if segments.iter().any(|s| *s == "." || *s == "..") {
-            return Err(format!("{raw:?}: '.' and '..' are not allowed in a path"));
+            return Err(ReferenceError::DotSegment(raw.to_owned()));
         }
         if let Some(bad) =
             path.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/' | '@' | '+' | '=')))
         {
-            return Err(format!("{raw:?} has {bad:?} in its path: {VAULT_EXAMPLE}"));
+            return Err(ReferenceError::VaultCharacter { raw: raw.to_owned(), bad });
         }
         Ok(VaultRef { path: path.to_owned(), version, field })
     }
@@ -196,12 +221,12 @@ impl fmt::Display for VaultRef {
 }
 
 /// Splits `rest#field`; the field is a JSON key: non-empty, no further `#`.
-fn split_field(raw: &str) -> Result<(&str, Option<String>), String> {
+fn split_field(raw: &str) -> Result<(&str, Option<String>), ReferenceError> {
     let raw = raw.trim();
     match raw.split_once('#') {
         None => Ok((raw, None)),
-        Some((_, "")) => Err("empty field after '#': name the JSON key, like #password".to_owned()),
-        Some((_, f)) if f.contains('#') => Err(format!("field {f:?} has a second '#'")),
+        Some((_, "")) => Err(ReferenceError::EmptyField),
+        Some((_, f)) if f.contains('#') => Err(ReferenceError::SecondHash(f.to_owned())),
         Some((rest, f)) => Ok((rest, Some(f.to_owned()))),
     }
 }
@@ -237,7 +262,7 @@ mod tests {
             ("", "empty parameter name"),
         ] {
             let err = SsmRef::parse(raw).unwrap_err();
-            assert!(err.contains(hint), "{raw}: {err}");
+            assert!(err.to_string().contains(hint), "{raw}: {err}");
         }
     }
 
@@ -261,7 +286,7 @@ mod tests {
             ("secret/a b#f", "in its path"),
         ] {
             let err = VaultRef::parse(raw).unwrap_err();
-            assert!(err.contains(hint), "{raw}: {err}");
+            assert!(err.to_string().contains(hint), "{raw}: {err}");
         }
     }
 }

@@ -39,24 +39,35 @@ impl Stores {
     }
 
     /// Checks what serde cannot: a default that names a store, audiences present.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidStores> {
         if let Some(default) = &self.default_store
             && !self.stores.contains_key(default)
         {
-            return Err(format!("defaultStore {default:?} is not defined under stores"));
+            return Err(InvalidStores::NoSuchDefault(default.clone()));
         }
         for (name, store) in &self.stores {
             if store.audience().is_empty() {
-                return Err(format!("store {name:?}: audience must not be empty"));
+                return Err(InvalidStores::EmptyAudience(name.clone()));
             }
             if let Store::Vault(v) = store
                 && !(v.address.starts_with("https://") || v.address.starts_with("http://"))
             {
-                return Err(format!("store {name:?}: address must be an http(s) URL"));
+                return Err(InvalidStores::NotHttp(name.clone()));
             }
         }
         Ok(())
     }
+}
+
+/// What [`Stores::validate`] refuses in the operator's config.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidStores {
+    #[error("defaultStore {0:?} is not defined under stores")]
+    NoSuchDefault(String),
+    #[error("store {0:?}: audience must not be empty")]
+    EmptyAudience(String),
+    #[error("store {0:?}: address must be an http(s) URL")]
+    NotHttp(String),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
