@@ -58,7 +58,7 @@ fn render_one(config: &Config, value: Value) -> Result<Option<Value>, RenderErro
         (PodView::deserialize(&value).map_err(unreadable)?, value)
     } else if let Some(workload) = WorkloadKind::from_api_kind(&kind) {
         let view = workload_pod(workload, &name, &value).map_err(unreadable)?;
-        let template = workload.template_path().iter().fold(&value, |v, key| &v[*key]);
+        let template = workload.template_in(&value);
         let mut doc =
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": template["metadata"], "spec": template["spec"]});
         doc["metadata"]["ownerReferences"] = serde_json::to_value(&view.metadata.owner_references).expect("serializes");

@@ -56,6 +56,11 @@ impl WorkloadKind {
         }
     }
 
+    /// The pod template inside `object` (the workload as JSON); `Null` if absent.
+    pub fn template_in(self, object: &serde_json::Value) -> &serde_json::Value {
+        self.template_path().iter().fold(object, |v, key| &v[*key])
+    }
+
     /// The kind of the object that owns the pods (a Deployment's pods belong to
     /// a ReplicaSet, a CronJob's to a Job).
     pub fn pod_owner(self) -> WorkloadKind {
@@ -124,6 +129,9 @@ mod tests {
     #[test]
     fn templates_and_owners() {
         assert_eq!(WorkloadKind::CronJob.template_path(), ["spec", "jobTemplate", "spec", "template"]);
+        let cj = serde_json::json!({"spec": {"jobTemplate": {"spec": {"template": {"metadata": {"name": "t"}}}}}});
+        assert_eq!(WorkloadKind::CronJob.template_in(&cj)["metadata"]["name"], "t");
+        assert!(WorkloadKind::Deployment.template_in(&cj).is_null());
         assert_eq!(WorkloadKind::Deployment.pod_owner(), WorkloadKind::ReplicaSet);
         assert_eq!(WorkloadKind::CronJob.pod_owner(), WorkloadKind::Job);
         assert_eq!(WorkloadKind::Job.api_version(), "batch/v1");

@@ -285,8 +285,7 @@ fn review_workload(app: &App, req: &AdmissionRequest<DynamicObject>) -> Response
 /// workload as JSON), with a stand-in controller reference so the same checks
 /// run as for its real pods.
 pub fn workload_pod(kind: WorkloadKind, name: &str, object: &serde_json::Value) -> Result<PodView, serde_json::Error> {
-    let template = kind.template_path().iter().fold(object, |v, key| &v[*key]);
-    let mut pod = PodView::deserialize(template)?;
+    let mut pod = PodView::deserialize(kind.template_in(object))?;
     let owner = kind.pod_owner();
     pod.metadata.owner_references = Some(vec![OwnerReference {
         api_version: owner.api_version().into(),
