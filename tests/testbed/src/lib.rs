@@ -11,8 +11,12 @@ pub mod bench;
 pub mod bench_rotation;
 pub mod demo;
 pub mod harness;
+pub mod image;
+pub mod install;
 pub mod kubelet;
 pub mod leaks;
+pub mod netns;
+pub mod node;
 pub mod pki;
 pub mod proc;
 pub mod proxy;
@@ -93,6 +97,8 @@ pub struct Bed {
     pub k8s_version: String,
     pub started_in: Duration,
     pub http: reqwest::Client,
+    /// The real node, when the bed was started with one ([`Bed::start_with_node`]).
+    pub node: Option<node::Node>,
     /// Behind a lock so a fault test can stop one part through `&Bed`.
     procs: std::sync::Mutex<Vec<Proc>>,
     _tmp: Option<tempfile::TempDir>,
@@ -107,6 +113,16 @@ impl Bed {
     /// Starts every part. Must be called on the thread that lives as long as the
     /// bed: children die with it (`--pdeathsig`).
     pub async fn start() -> Result<Bed> {
+        Bed::start_opts(false).await
+    }
+
+    /// [`Bed::start`] plus a real node (kubelet, containerd, CNI) and the
+    /// scheduler: pods run. Needs keyhole's image binary (`make test` builds it).
+    pub async fn start_with_node() -> Result<Bed> {
+        Bed::start_opts(true).await
+    }
+
+    async fn start_opts(with_node: bool) -> Result<Bed> {
         install_crypto();
         let t0 = Instant::now();
         let parts = Parts::find()?;
@@ -120,7 +136,12 @@ impl Bed {
         let pki = Pki::new("keyhole-bed-ca")?;
         let ca_file = pki_dir.join("ca.crt");
         std::fs::write(&ca_file, &pki.ca_pem)?;
-        let serving = pki.server(&pki_dir, "apiserver", &["localhost", "127.0.0.1"])?;
+        let mut sans = vec!["localhost", "127.0.0.1"];
+        if with_node {
+            // The kubelet dials the node IP (forwarded), pods the ClusterIP (DNAT).
+            sans.extend([node::NODE_IP, node::API_CLUSTER_IP]);
+        }
+        let serving = pki.server(&pki_dir, "apiserver", &sans)?;
         let admin = pki.client(&pki_dir, "admin", "keyhole-bed-admin", &["system:masters"])?;
         let (sa_key, sa_pub) = pki::signing_key(&pki_dir)?;
 
@@ -176,31 +197,56 @@ impl Bed {
             &[],
             &logs,
         )?);
+        // With a node, the API server reaches pods and the kubelet the way it does
+        // through konnectivity: an HTTP CONNECT proxy (its `cluster` egress) that
+        // dials inside the node's network namespace.
+        let node_netns = std::sync::Arc::new(std::sync::OnceLock::new());
+        let mut node_flags = Vec::new();
+        if with_node {
+            let proxy_sock = dir.join("egress.sock");
+            netns::connect_proxy(&proxy_sock, node_netns.clone())?;
+            let egress = dir.join("egress-selector.yaml");
+            std::fs::write(
+                &egress,
+                format!(
+                    "apiVersion: apiserver.k8s.io/v1beta1\nkind: EgressSelectorConfiguration\negressSelections:\n- name: cluster\n  connection:\n    proxyProtocol: HTTPConnect\n    transport:\n      uds:\n        udsName: {}\n",
+                    proxy_sock.display()
+                ),
+            )?;
+            node_flags.push(format!("--egress-selector-config-file={}", egress.display()));
+            // Webhooks by Service are dialled at an endpoint (a pod IP): no kube-proxy here.
+            node_flags.push("--enable-aggregator-routing=true".to_owned());
+            node_flags.push("--kubelet-preferred-address-types=InternalIP".to_owned());
+        }
         // The API server retries etcd until it answers: no need to wait for it first.
         procs.push(Proc::spawn(
             "kube-apiserver",
             &parts.kube_bed,
-            &args(&[
-                "kube-apiserver",
-                &format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                &format!("--secure-port={api_port}"),
-                &format!("--cert-dir={}", dir.join("apiserver").display()),
-                &format!("--tls-cert-file={}", serving.cert.display()),
-                &format!("--tls-private-key-file={}", serving.key.display()),
-                &format!("--client-ca-file={}", ca_file.display()),
-                &format!("--service-account-issuer={api_url}"),
-                &format!("--service-account-jwks-uri={api_url}/openid/v1/jwks"),
-                &format!("--service-account-key-file={}", sa_pub.display()),
-                &format!("--service-account-signing-key-file={}", sa_key.display()),
-                "--authorization-mode=RBAC",
-                "--service-cluster-ip-range=10.96.0.0/24",
-                "--endpoint-reconciler-type=none",
-                "--enable-priority-and-fairness=false",
-                "--profiling=false",
-                "--v=0",
-            ]),
+            &[
+                args(&[
+                    "kube-apiserver",
+                    &format!("--etcd-servers={etcd_url}"),
+                    "--bind-address=127.0.0.1",
+                    "--advertise-address=127.0.0.1",
+                    &format!("--secure-port={api_port}"),
+                    &format!("--cert-dir={}", dir.join("apiserver").display()),
+                    &format!("--tls-cert-file={}", serving.cert.display()),
+                    &format!("--tls-private-key-file={}", serving.key.display()),
+                    &format!("--client-ca-file={}", ca_file.display()),
+                    &format!("--service-account-issuer={api_url}"),
+                    &format!("--service-account-jwks-uri={api_url}/openid/v1/jwks"),
+                    &format!("--service-account-key-file={}", sa_pub.display()),
+                    &format!("--service-account-signing-key-file={}", sa_key.display()),
+                    "--authorization-mode=RBAC",
+                    "--service-cluster-ip-range=10.96.0.0/24",
+                    "--endpoint-reconciler-type=none",
+                    "--enable-priority-and-fairness=false",
+                    "--profiling=false",
+                    "--v=0",
+                ]),
+                node_flags,
+            ]
+            .concat(),
             &[],
             &logs,
         )?);
@@ -231,6 +277,7 @@ impl Bed {
             k8s_version: String::new(),
             started_in: Duration::ZERO,
             http,
+            node: None,
             procs: std::sync::Mutex::new(procs),
             _tmp: Some(tmp),
         };
@@ -247,7 +294,7 @@ impl Bed {
                 &format!("--service-account-private-key-file={sa_key}", sa_key = sa_key.display()),
                 &format!("--root-ca-file={}", bed.ca_file.display()),
                 "--use-service-account-credentials=false",
-                "--controllers=deployment-controller,replicaset-controller,statefulset-controller,daemonset-controller,job-controller,cronjob-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,root-ca-certificate-publisher-controller",
+                &format!("--controllers={CONTROLLERS}{}", if with_node { NODE_CONTROLLERS } else { "" }),
                 "--concurrent-gc-syncs=5",
                 "--v=0",
             ]),
@@ -266,6 +313,41 @@ impl Bed {
         }
         bed.configure_cluster().await?;
         bed.configure_vault().await?;
+        if with_node {
+            bed.procs.get_mut().unwrap().push(Proc::spawn(
+                "kube-scheduler",
+                &bed.parts.kube_bed,
+                &args(&[
+                    "kube-scheduler",
+                    &format!("--kubeconfig={}", kubeconfig.display()),
+                    &format!("--authentication-kubeconfig={}", kubeconfig.display()),
+                    &format!("--authorization-kubeconfig={}", kubeconfig.display()),
+                    "--leader-elect=false",
+                    "--bind-address=127.0.0.1",
+                    "--secure-port=0",
+                    "--v=0",
+                ]),
+                &[],
+                &logs,
+            )?);
+            let ports = [port_of(&bed.vault_addr)?, port_of(&bed.moto_url)?];
+            let node = node::Node::start(
+                node::NodeParams {
+                    kube_bed: &bed.parts.kube_bed,
+                    dir: &bed.dir,
+                    api_port,
+                    forward_ports: &ports,
+                    ca_file: &bed.ca_file,
+                    client_cert: &admin.cert,
+                    client_key: &admin.key,
+                    keyhole_bin: &image_bin()?,
+                },
+                &bed.client,
+            )
+            .await?;
+            let _ = node_netns.set(node.netns.clone());
+            bed.node = Some(node);
+        }
         bed.started_in = t0.elapsed();
         Ok(bed)
     }
@@ -509,6 +591,9 @@ impl Bed {
 
     /// Stops everything, newest first; the temp dir goes too unless `keep` says so.
     pub fn stop(&mut self, keep: bool) {
+        if let Some(mut node) = self.node.take() {
+            node.stop();
+        }
         while let Some(mut p) = self.procs.get_mut().unwrap().pop() {
             p.stop(Duration::from_secs(5));
         }
@@ -523,6 +608,31 @@ impl Drop for Bed {
         let keep = std::env::var_os("KEYHOLE_KEEP_BED").is_some();
         self.stop(keep);
     }
+}
+
+/// The controllers every bed runs; with a node also those a node needs.
+const CONTROLLERS: &str = "deployment-controller,replicaset-controller,statefulset-controller,daemonset-controller,job-controller,cronjob-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,root-ca-certificate-publisher-controller";
+const NODE_CONTROLLERS: &str =
+    ",endpoints-controller,endpointslice-controller,node-lifecycle-controller,pod-garbage-collector-controller";
+
+fn port_of(url: &str) -> Result<u16> {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .with_context(|| format!("no port in {url}"))
+}
+
+/// keyhole's multi-call binary built for the image (`cargo build --profile image
+/// -p keyhole-cli`, which `make test` runs), beside the test's own profile dir.
+pub fn image_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(2).take(2) {
+        let candidate = dir.join("image/keyhole");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("target/image/keyhole is not built: run `cargo build --profile image -p keyhole-cli` (make test does)")
 }
 
 fn args(a: &[&str]) -> Vec<String> {

@@ -21,10 +21,23 @@ pub struct Proc {
 impl Proc {
     /// Starts `program args` with its output in `logs/<name>.log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], env: &[(&str, String)], logs: &Path) -> Result<Proc> {
+        Proc::spawn_with_deathsig(name, program, args, env, logs, "KILL")
+    }
+
+    /// Like [`Proc::spawn`], with `signal` sent by the kernel when the bed dies
+    /// (TERM for a process that must clean up after it).
+    pub fn spawn_with_deathsig(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        logs: &Path,
+        signal: &str,
+    ) -> Result<Proc> {
         let log = logs.join(format!("{name}.log"));
         let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let mut cmd = Command::new("setpriv");
-        cmd.arg("--pdeathsig").arg("KILL").arg("--").arg(program).args(args);
+        cmd.arg("--pdeathsig").arg(signal).arg("--").arg(program).args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
