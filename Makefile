@@ -61,9 +61,10 @@ bench:
 	KEYHOLE_BENCH_BIN=$(CURDIR)/target/release/keyhole-injector $(CARGO) test --release -p keyhole-testbed --test e2e_injector -- bench --nocapture
 	KEYHOLE_ROLLOUT_REPLICAS=50 $(CARGO) test --release -p keyhole-testbed --test e2e_secret -- bench --nocapture
 
-## The main job end to end on the local control plane.
+## The main job end to end on the local cluster's real node, keyhole from its image.
 demo: bed-deps
 	$(BUILD)
+	$(IMAGE_BUILD)
 	$(BIN)/keyhole-bed demo
 
 ## A CA and the webhook's serving certificate, written into certs/out/.

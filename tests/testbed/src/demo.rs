@@ -1,43 +1,57 @@
-//! `make demo`: keyhole's main job on the local control plane, end to end.
+//! `make demo`: keyhole's main job end to end, as it ships, on the bed's real node.
 //!
-//! The bed's real API server and controller-manager create the pods; keyhole's
-//! webhook (a process, registered with `manifests/webhooks.yaml`) mutates them;
-//! no kubelet runs, so the demo plays it for each pod's `keyhole-injector` init
-//! container (`kubelet.rs`), with a real token from TokenRequest. No secret value
-//! is printed: the demo says whether what a pod got is what the backend holds.
+//! The bed's API server, controller-manager, scheduler and a kubelet with
+//! containerd run the pods; keyhole is installed from `manifests/` (with `make
+//! certs`'s overlay) from its image; OpenBao and moto are processes on the host,
+//! reached from pods like an external Vault. No secret value is printed: the app
+//! containers report digests, and the demo says whether they match the backend.
 
-use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use keyhole_contract::names;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::kubelet::{InitOpts, run_init_container};
-use crate::webhook::{Webhook, config_yaml};
-use crate::workload::{newest_rs, pods_of, secret_output_rbac};
-use crate::{Bed, create_namespace, create_service_account};
+use crate::app::{self, field, sha256};
+use crate::workload::{newest_rs, secret_output_rbac};
+use crate::{Bed, create_namespace, create_service_account, image, install};
 
 const NS: &str = "shop";
 const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/shop-worker";
+const ROLLOUT: Duration = Duration::from_secs(120);
 
 pub async fn run() -> Result<()> {
     let t0 = Instant::now();
-    let bed = Bed::start().await?;
-    step(1, "the local control plane");
+    let bed = Bed::start_with_node().await?;
+    let node = bed.node.as_ref().context("no node")?;
+    step(1, "the local cluster: control plane and a real node");
     println!(
-        "   Kubernetes {} (kube-apiserver, kube-controller-manager, etcd), OpenBao and moto up in {:.1}s",
+        "   Kubernetes {} (etcd, kube-apiserver, kube-controller-manager, kube-scheduler), OpenBao and moto up in {:.1}s",
         bed.k8s_version,
         bed.started_in.as_secs_f64()
     );
+    println!(
+        "   node {} Ready in {:.1}s: kubelet {}, containerd and runc from Debian, CNI bridge; pod network {}",
+        node.name,
+        node.started_in.as_secs_f64(),
+        bed.k8s_version,
+        crate::node::POD_CIDR
+    );
+    for img in &node.images {
+        println!("   image {} ({:.1} MB), imported locally", img.name, img.layer_bytes as f64 / 1e6);
+    }
 
-    step(2, "keyhole's webhook, registered with manifests/webhooks.yaml");
-    let hook = Webhook::start(&config_yaml(&bed)).await?;
-    hook.register(&bed, "keyhole", None).await?;
-    println!("   keyhole-webhook serving {} with a CA and certificate from certs/make-certs.sh", hook.url);
+    step(2, "keyhole installed from manifests/: make certs, kubectl apply -k certs/out/overlay");
+    let t = Instant::now();
+    bed.install_keyhole(&bed.node_config_yaml(
+        &[("rotationRole", install::VAULT_ROTATION_ROLE)],
+        &[("rotationRole", "arn:aws:iam::123456789012:role/keyhole-rotation")],
+    )?)
+    .await?;
+    println!("   installed and available in {:.1}s:", t.elapsed().as_secs_f64());
+    print_indented(&bed.kubectl(&["-n", install::NAMESPACE, "get", "pods", "-o", "wide"]).await?);
 
     step(3, "the operator puts values in the backends and grants the workloads");
     create_namespace(&bed.client, NS).await?;
@@ -59,7 +73,6 @@ pub async fn run() -> Result<()> {
     let bad = deployment(
         "shop-typo",
         "shop-api",
-        1,
         json!({"keyhole.dev/inject": "true", "keyhole.dev/store": "aws", "keyhole.dev/role": ROLE_ARN,
                "keyhole.dev/secret-STRIPE_KEY": "shop stripe key"}),
     )?;
@@ -70,81 +83,73 @@ pub async fn run() -> Result<()> {
     }
 
     step(5, "shop-api: files from OpenBao on a tmpfs volume");
-    let api = deployment(
-        "shop-api",
-        "shop-api",
-        2,
-        json!({"keyhole.dev/inject": "true", "keyhole.dev/role": "shop-api",
-               "keyhole.dev/secret-db_password": "secret/shop/db#password",
-               "keyhole.dev/template-db.ini": "[db]\nhost = shop-db\npassword = {{ secrets[\"db_password\"] }}\n"}),
-    )?;
-    Api::<Deployment>::namespaced(bed.client.clone(), NS).create(&PostParams::default(), &api).await?;
-    let rs = newest_rs(&bed, NS, "shop-api", 1).await?;
-    let pods = pods_of(&bed, NS, &rs, 2).await?;
-    describe(&pods[0])?;
-    for pod in &pods {
-        let out = run_init_container(&bed, pod, &InitOpts::default()).await?;
-        ensure!(out.success(), "{}", out.describe());
-        let dir = out.volume(names::SECRETS_VOLUME)?;
-        let mut files = Vec::new();
-        for name in ["db_password", "db.ini"] {
-            let meta = std::fs::metadata(dir.join(name))?;
-            files.push(format!("{name} ({:o}, uid {})", meta.mode() & 0o777, meta.uid()));
-        }
-        let same = std::fs::read_to_string(dir.join("db_password"))? == db_password;
-        let ini = std::fs::read_to_string(dir.join("db.ini"))?.contains(&db_password);
+    let api_annotations = json!({"keyhole.dev/inject": "true", "keyhole.dev/role": "shop-api",
+        "keyhole.dev/refresh-interval": "10s",
+        "keyhole.dev/secret-db_password": "secret/shop/db#password",
+        "keyhole.dev/template-db.ini": "[db]\nhost = shop-db\npassword = {{ secrets[\"db_password\"] }}"});
+    app::deploy(&bed, NS, "shop-api", "shop-api", 2, api_annotations, "DB_PASSWORD").await?;
+    app::rollout(&bed, NS, "shop-api", ROLLOUT).await?;
+    let pods =
+        Api::<Pod>::namespaced(bed.client.clone(), NS).list(&ListParams::default().labels("app=shop-api")).await?;
+    describe(&pods.items[0])?;
+    print_indented(&bed.kubectl(&["-n", NS, "get", "pods", "-l", "app=shop-api"]).await?);
+    for (pod, report) in app::reports(&bed, NS, "shop-api").await? {
+        let file = field(&report, "db_password")?;
+        let (digest, mode_owner) = file.split_once(':').unwrap_or_default();
         println!(
-            "   (kubelet played) {}: keyhole-injector exit 0 in {} ms, wrote {}",
-            pod_name(pod),
-            out.elapsed.as_millis(),
-            files.join(", ")
-        );
-        println!(
-            "     db_password is OpenBao's secret/shop/db#password: {}; db.ini renders it: {}",
-            yes(same),
-            yes(ini)
+            "   {pod}: the app reads /keyhole/secrets/db_password ({}, mode:uid {mode_owner}): OpenBao's value: {}",
+            field(&report, "fs")?,
+            yes(digest == sha256(&db_password))
         );
     }
 
     step(6, "shop-worker: one immutable Secret per revision, from SSM, as env vars");
-    let worker = deployment(
-        "shop-worker",
-        "shop-worker",
-        3,
-        json!({"keyhole.dev/inject": "true", "keyhole.dev/store": "aws", "keyhole.dev/role": ROLE_ARN,
-               "keyhole.dev/output": "secret", "keyhole.dev/secret-STRIPE_KEY": "/shop/stripe/key"}),
-    )?;
-    Api::<Deployment>::namespaced(bed.client.clone(), NS).create(&PostParams::default(), &worker).await?;
-    let rs = newest_rs(&bed, NS, "shop-worker", 1).await?;
-    let pods = pods_of(&bed, NS, &rs, 3).await?;
-    let env_from: Vec<String> = pods[0].spec.as_ref().context("spec")?.containers[0]
-        .env_from
-        .iter()
-        .flatten()
-        .filter_map(|e| e.secret_ref.as_ref().map(|r| r.name.clone()))
-        .collect();
-    println!("   the app container's envFrom: {env_from:?} (the pod sets automountServiceAccountToken: false)");
-    for pod in &pods {
-        let out = run_init_container(&bed, pod, &InitOpts::default()).await?;
-        ensure!(out.success(), "{}", out.describe());
-        println!("   (kubelet played) {}: the revision's Secret {}", pod_name(pod), secret_outcome(&out.stderr));
+    let worker_annotations = json!({"keyhole.dev/inject": "true", "keyhole.dev/store": "aws",
+        "keyhole.dev/role": ROLE_ARN, "keyhole.dev/output": "secret",
+        "keyhole.dev/secret-STRIPE_KEY": "/shop/stripe/key"});
+    app::deploy(&bed, NS, "shop-worker", "shop-worker", 3, worker_annotations, "STRIPE_KEY").await?;
+    app::rollout(&bed, NS, "shop-worker", ROLLOUT).await?;
+    for (pod, report) in app::reports(&bed, NS, "shop-worker").await? {
+        println!(
+            "   {pod}: $STRIPE_KEY in the app's env is SSM's value: {}",
+            yes(field(&report, "env")? == sha256(&stripe_key))
+        );
     }
+    let rs = newest_rs(&bed, NS, "shop-worker", 1).await?;
     show_secret(&bed, &rs, &stripe_key).await?;
 
-    step(7, "rotation: a new value in OpenBao rolls shop-api, and its new pod gets it");
-    let role = crate::rotation::identity(&bed, NS).await?;
-    let opts = crate::rotation::Opts {
-        identity: "demo".into(),
-        interval: "2s".into(),
-        lease_duration: "4s".into(),
-        max_rollouts: 10,
-        namespace: Some(NS.into()),
-        lease_namespace: NS.into(),
-        config_yaml: crate::rotation::config_yaml(&bed, &role, &bed.moto_url),
-    };
-    let ctrl = crate::rotation::Controller::start(&bed, NS, &opts).await?;
+    step(7, "a pod whose secret does not exist: Init:Error, the reason in kubectl describe");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "shop-broken", "annotations": {"keyhole.dev/inject": "true", "keyhole.dev/role": "shop-api",
+                     "keyhole.dev/secret-db_password": "secret/shop/no-such-thing#password"}},
+        "spec": {"serviceAccountName": "shop-api", "automountServiceAccountToken": false, "restartPolicy": "Never",
+                 "securityContext": {"runAsUser": 1000},
+                 "containers": [{"name": "app", "image": image::APP_IMAGE, "imagePullPolicy": "Never", "command": ["true"]}]}
+    }))?;
+    Api::<Pod>::namespaced(bed.client.clone(), NS).create(&PostParams::default(), &pod).await?;
+    bed.wait_pod(NS, "shop-broken", "fail", Duration::from_secs(60), |p| {
+        app::terminated(p, "keyhole-injector", true).is_some()
+    })
+    .await?;
+    print_indented(&bed.kubectl(&["-n", NS, "get", "pod", "shop-broken"]).await?);
+    let describe = bed.kubectl(&["-n", NS, "describe", "pod", "shop-broken"]).await?;
+    crate::leaks::scan("kubectl describe", &describe)?;
+    println!("   kubectl describe pod shop-broken (the injector's part):");
+    let lines: Vec<&str> = describe.lines().collect();
+    if let Some(i) = lines.iter().position(|l| l.trim_start().starts_with("keyhole-injector:")) {
+        for l in lines[i..].iter().take_while(|l| !l.trim_start().starts_with("Ready:")) {
+            if ["keyhole-injector:", "State:", "Reason:", "Message:", "Exit Code:"]
+                .iter()
+                .any(|k| l.trim_start().starts_with(k))
+            {
+                println!("     {}", l.trim_end());
+            }
+        }
+    }
+
+    step(8, "rotation: a new value in OpenBao rolls shop-api to completion, and its new pods read it");
     let deployments: Api<Deployment> = Api::namespaced(bed.client.clone(), NS);
-    crate::proc::wait_until("the controller's first look at the versions", Duration::from_secs(30), || async {
+    crate::proc::wait_until("the controller's first look at the versions", Duration::from_secs(60), || async {
         deployments
             .get("shop-api")
             .await
@@ -153,7 +158,7 @@ pub async fn run() -> Result<()> {
             .is_some_and(|a| a.contains_key(keyhole_contract::annotations::OBSERVED_VERSIONS))
     })
     .await?;
-    println!("   keyhole-rotation (interval 2s, metadata-only Vault policy) recorded the versions; no rollout");
+    println!("   keyhole-rotation (the installed Deployment; metadata-only Vault policy) recorded the versions");
     let new_password = demo_value("db-rotated");
     bed.vault("POST", "secret/data/shop/db", Some(json!({"data": {"password": new_password}}))).await?;
     let changed = Instant::now();
@@ -163,15 +168,25 @@ pub async fn run() -> Result<()> {
         rs2.metadata.name.as_deref().unwrap_or_default(),
         changed.elapsed().as_secs_f64()
     );
-    let pod = pods_of(&bed, NS, &rs2, 1).await?.remove(0);
-    let out = run_init_container(&bed, &pod, &InitOpts::default()).await?;
-    ensure!(out.success(), "{}", out.describe());
-    let got = std::fs::read_to_string(out.volume(names::SECRETS_VOLUME)?.join("db_password"))?;
-    println!("   (kubelet played) {}: db_password is the new version: {}", pod_name(&pod), yes(got == new_password));
-    drop(ctrl);
+    app::rollout(&bed, NS, "shop-api", ROLLOUT).await?;
+    println!(
+        "   kubectl rollout status deployment/shop-api: complete {:.1}s after the change",
+        changed.elapsed().as_secs_f64()
+    );
+    for (pod, report) in app::reports(&bed, NS, "shop-api").await? {
+        let digest = field(&report, "db_password")?.split(':').next().unwrap_or_default();
+        println!("   {pod}: db_password is the new version: {}", yes(digest == sha256(&new_password)));
+        ensure!(digest == sha256(&new_password), "{pod} did not get the new version");
+    }
 
     println!("\n== done in {:.1}s; every part stops now", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn print_indented(text: &str) {
+    for l in text.lines() {
+        println!("     {l}");
+    }
 }
 
 fn step(n: u32, what: &str) {
@@ -191,11 +206,11 @@ fn pod_name(pod: &Pod) -> &str {
     pod.metadata.name.as_deref().unwrap_or("-")
 }
 
-fn deployment(name: &str, sa: &str, replicas: i32, annotations: Value) -> Result<Deployment> {
+fn deployment(name: &str, sa: &str, annotations: Value) -> Result<Deployment> {
     Ok(serde_json::from_value(json!({
         "metadata": {"name": name},
         "spec": {
-            "replicas": replicas,
+            "replicas": 1,
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}, "annotations": annotations},
@@ -245,21 +260,6 @@ fn describe(pod: &Pod) -> Result<()> {
         println!("     volume {}: {what}; mounted by {mounted_by:?}", v.name);
     }
     Ok(())
-}
-
-/// The `secret` field of the injector's last log line, in words.
-fn secret_outcome(stderr: &str) -> String {
-    let outcome = stderr
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["message"] == "done")
-        .and_then(|v| v["secret"].as_str().map(str::to_owned))
-        .unwrap_or_default();
-    match outcome.as_str() {
-        "created" => "was created by this pod (it fetched from SSM)".into(),
-        "reused" => "was there: no backend call".into(),
-        other => other.into(),
-    }
 }
 
 async fn show_secret(bed: &Bed, rs: &ReplicaSet, want: &str) -> Result<()> {

@@ -5,7 +5,6 @@
 //! pods at the node IP like any external Vault.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -50,10 +49,11 @@ impl Bed {
         let dir = self.dir.join("install");
         let certs = dir.join("certs");
         std::fs::create_dir_all(&certs)?;
-        let out = Command::new("bash")
+        let out = tokio::process::Command::new("bash")
             .arg(repo_root().join("certs/make-certs.sh"))
             .env("CERTS_OUT", &certs)
             .output()
+            .await
             .context("certs/make-certs.sh")?;
         ensure!(out.status.success(), "make-certs.sh: {}", String::from_utf8_lossy(&out.stderr));
 
@@ -70,20 +70,23 @@ impl Bed {
              - name: keyhole-config\n  namespace: keyhole-system\n  behavior: replace\n  files: [config.yaml]\n\
              generatorOptions:\n  disableNameSuffixHash: true\n",
         )?;
-        self.kubectl(&["apply", "-k", &overlay.display().to_string()])?;
+        self.kubectl(&["apply", "-k", &overlay.display().to_string()]).await?;
         for deploy in ["keyhole-webhook", "keyhole-rotation"] {
             self.kubectl(&["-n", NAMESPACE, "rollout", "status", &format!("deployment/{deploy}"), "--timeout=120s"])
+                .await
                 .with_context(|| format!("{deploy} did not become available"))?;
         }
         Ok(Install { overlay, certs })
     }
 
-    /// The bed's kubectl with the admin kubeconfig; stdout on success.
-    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.parts.kubectl)
+    /// The bed's kubectl with the admin kubeconfig; stdout on success. Async: the
+    /// bed's forwarders run on the same runtime.
+    pub async fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let out = tokio::process::Command::new(&self.parts.kubectl)
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .args(args)
             .output()
+            .await
             .context("run kubectl")?;
         if !out.status.success() {
             bail!(
@@ -115,7 +118,8 @@ impl Bed {
                 return Ok(p);
             }
             if std::time::Instant::now() > deadline {
-                let describe = self.kubectl(&["-n", ns, "describe", "pod", name]).unwrap_or_else(|e| format!("{e:#}"));
+                let describe =
+                    self.kubectl(&["-n", ns, "describe", "pod", name]).await.unwrap_or_else(|e| format!("{e:#}"));
                 bail!("timed out after {timeout:?} waiting for pod {ns}/{name} to {what}:\n{describe}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

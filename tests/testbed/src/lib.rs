@@ -7,6 +7,7 @@
 //! [`Bed::start`] checks each one is what it claims to be.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod bench;
 pub mod bench_rotation;
 pub mod demo;

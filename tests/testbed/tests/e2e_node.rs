@@ -10,15 +10,16 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use keyhole_testbed::app::{deploy, field, phase, reports, rollout, sha256, terminated};
 use keyhole_testbed::leaks::{self, secret};
 use keyhole_testbed::proc::wait_until;
 use keyhole_testbed::workload::secret_output_rbac;
 use keyhole_testbed::{Bed, create_service_account, e2e_tests, image, install};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 const SA: &str = "default";
+const ROLLOUT: Duration = Duration::from_secs(90);
 
 fn main() {
     keyhole_testbed::harness::run_on_node_installed(e2e_tests![
@@ -31,17 +32,6 @@ fn main() {
         // Last: stops OpenBao and moto for good.
         with_the_backends_stopped_scaling_1_to_5_brings_the_new_pods_to_running,
     ]);
-}
-
-fn sha256(v: &str) -> String {
-    Sha256::digest(v.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn terminated_message(p: &Pod, container: &str, init: bool) -> Option<(i32, String)> {
-    let s = p.status.as_ref()?;
-    let list = if init { s.init_container_statuses.as_ref()? } else { s.container_statuses.as_ref()? };
-    let t = list.iter().find(|c| c.name == container)?.state.as_ref()?.terminated.as_ref()?;
-    Some((t.exit_code, t.message.clone().unwrap_or_default()))
 }
 
 async fn vault_namespace(bed: &Bed, prefix: &str) -> Result<String> {
@@ -72,13 +62,9 @@ async fn a_pod_runs_on_the_node_with_a_pod_ip(bed: &Bed) -> Result<()> {
     let p = bed.wait_pod(&ns, "hello", "succeed", Duration::from_secs(60), |p| phase(p) == "Succeeded").await?;
     let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
     ensure!(ip.starts_with("10.244.0."), "pod IP {ip:?} is not in the pod network");
-    let (_, msg) = terminated_message(&p, "app", false).context("app not terminated")?;
+    let (_, msg) = terminated(&p, "app", false).context("app not terminated")?;
     ensure!(msg.trim() == "hello from 1000", "termination message: {msg:?}");
     Ok(())
-}
-
-fn phase(p: &Pod) -> &str {
-    p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default()
 }
 
 async fn files_output_the_app_reads_its_values_from_tmpfs_as_its_own_uid(bed: &Bed) -> Result<()> {
@@ -142,7 +128,7 @@ echo "fs=$fs mode=$(stat -L -c %a $d/db_password) owner=$(stat -L -c %u $d/db_pa
     ensure!(code == 0, "the injector exited {code}");
     ensure!(injector_done <= istio_started, "istio-init started before keyhole's injector finished");
 
-    let (_, msg) = terminated_message(&p, "app", false).context("app not terminated")?;
+    let (_, msg) = terminated(&p, "app", false).context("app not terminated")?;
     leaks::scan("the app's report", &msg)?;
     let ini = format!("[db]\npassword = {pw}");
     let want = format!("fs=tmpfs mode=400 owner=1000 uid=1000 pw={} ini={}", sha256(&pw), sha256(&ini));
@@ -172,75 +158,19 @@ async fn a_missing_secret_keeps_the_pod_in_init_error_with_the_reason_in_describ
     Api::<Pod>::namespaced(bed.client.clone(), &ns).create(&PostParams::default(), &pod).await?;
     let p = bed
         .wait_pod(&ns, "missing", "fail in its init container", Duration::from_secs(60), |p| {
-            terminated_message(p, "keyhole-injector", true).is_some()
+            terminated(p, "keyhole-injector", true).is_some()
         })
         .await?;
-    let (code, msg) = terminated_message(&p, "keyhole-injector", true).context("no injector status")?;
+    let (code, msg) = terminated(&p, "keyhole-injector", true).context("no injector status")?;
     ensure!(code != 0, "the injector exited 0 for a missing secret");
     ensure!(msg.lines().count() == 1, "the termination message is not one line: {msg:?}");
     ensure!(msg.contains("keyhole.dev/secret-db_password") && msg.contains(&reference), "message: {msg}");
-    let describe = bed.kubectl(&["-n", &ns, "describe", "pod", "missing"])?;
+    let describe = bed.kubectl(&["-n", &ns, "describe", "pod", "missing"]).await?;
     ensure!(describe.contains(&reference), "kubectl describe lacks the reason:\n{describe}");
-    let get = bed.kubectl(&["-n", &ns, "get", "pod", "missing", "--no-headers"])?;
+    let get = bed.kubectl(&["-n", &ns, "get", "pod", "missing", "--no-headers"]).await?;
     ensure!(get.contains("Init:Error"), "kubectl get pod: {get}");
     leaks::scan("describe", &describe)?;
     Ok(())
-}
-
-/// The app's report: a digest of `DB_PASSWORD` from its env, and of the file when
-/// files output is on too; then it stays up (Ready) until deleted.
-const ENV_REPORT: &str = r#"echo "env=$(printf %s "$DB_PASSWORD" | sha256sum | cut -d' ' -f1)" > /dev/termination-log
-exec sleep 3600"#;
-
-/// A Deployment of the app image whose pods take `DB_PASSWORD` from keyhole.
-async fn deploy(bed: &Bed, ns: &str, name: &str, replicas: i32, annotations: Value) -> Result<()> {
-    let d: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "strategy": {"rollingUpdate": {"maxSurge": "100%", "maxUnavailable": 0}},
-            "template": {
-                "metadata": {"labels": {"app": name}, "annotations": annotations},
-                "spec": {
-                    "serviceAccountName": "app",
-                    "automountServiceAccountToken": false,
-                    "terminationGracePeriodSeconds": 0,
-                    "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
-                    "containers": [{
-                        "name": "app",
-                        "image": image::APP_IMAGE,
-                        "imagePullPolicy": "Never",
-                        "command": ["sh", "-c", ENV_REPORT],
-                        // The report is written before the probe passes.
-                        "readinessProbe": {"exec": {"command": ["test", "-s", "/dev/termination-log"]}, "periodSeconds": 1},
-                    }],
-                }
-            }
-        }
-    }))?;
-    Api::<Deployment>::namespaced(bed.client.clone(), ns).create(&PostParams::default(), &d).await?;
-    Ok(())
-}
-
-async fn rollout(bed: &Bed, ns: &str, name: &str) -> Result<()> {
-    bed.kubectl(&["-n", ns, "rollout", "status", &format!("deployment/{name}"), "--timeout=90s"])?;
-    Ok(())
-}
-
-/// The digest each Running, Ready pod of `app=name` reports (read through exec:
-/// the report file is the container's own).
-async fn reports(bed: &Bed, ns: &str, name: &str) -> Result<Vec<(String, String)>> {
-    let pods = Api::<Pod>::namespaced(bed.client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("app={name}")))
-        .await?;
-    let mut out = Vec::new();
-    for p in pods.items.iter().filter(|p| phase(p) == "Running" && p.metadata.deletion_timestamp.is_none()) {
-        let pod = p.metadata.name.clone().unwrap_or_default();
-        let report = bed.kubectl(&["-n", ns, "exec", &pod, "-c", "app", "--", "cat", "/dev/termination-log"])?;
-        out.push((pod, report.trim().to_owned()));
-    }
-    Ok(out)
 }
 
 /// A namespace with the app's service account, the Secret-output RBAC from
@@ -264,13 +194,13 @@ async fn secret_output_the_app_env_holds_the_values_through_env_from(bed: &Bed) 
     let ns = app_namespace(bed, "node-secret").await?;
     let pw = secret("node-secret-pw");
     bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"password": pw}}))).await?;
-    deploy(bed, &ns, "web", 2, vault_annotations(&ns, "secret")).await?;
-    rollout(bed, &ns, "web").await?;
+    deploy(bed, &ns, "web", "app", 2, vault_annotations(&ns, "secret"), "DB_PASSWORD").await?;
+    rollout(bed, &ns, "web", ROLLOUT).await?;
     let got = reports(bed, &ns, "web").await?;
     ensure!(got.len() == 2, "Running pods: {got:?}");
     for (pod, report) in &got {
-        leaks::scan("the app's report", report)?;
-        ensure!(*report == format!("env={}", sha256(&pw)), "{pod}: DB_PASSWORD in its env is not the value ({report})");
+        ensure!(field(report, "env")? == sha256(&pw), "{pod}: DB_PASSWORD in its env is not the value ({report})");
+        ensure!(field(report, "fs").is_err(), "{pod}: Secret output mounted files ({report})");
     }
     Ok(())
 }
@@ -279,8 +209,8 @@ async fn rotation_a_new_version_rolls_the_deployment_to_completion(bed: &Bed) ->
     let ns = app_namespace(bed, "node-rotate").await?;
     let (v1, v2) = (secret("node-rotate-v1"), secret("node-rotate-v2"));
     bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"password": v1}}))).await?;
-    deploy(bed, &ns, "web", 2, vault_annotations(&ns, "files")).await?;
-    rollout(bed, &ns, "web").await?;
+    deploy(bed, &ns, "web", "app", 2, vault_annotations(&ns, "files"), "DB_PASSWORD").await?;
+    rollout(bed, &ns, "web", ROLLOUT).await?;
     let deploys: Api<Deployment> = Api::namespaced(bed.client.clone(), &ns);
     // The controller (installed from manifests/, under its own RBAC) records the
     // baseline versions first.
@@ -301,22 +231,20 @@ async fn rotation_a_new_version_rolls_the_deployment_to_completion(bed: &Bed) ->
         async move { deploys.get("web").await.is_ok_and(|d| d.metadata.generation.unwrap_or_default() > generation) }
     })
     .await?;
-    rollout(bed, &ns, "web").await?;
+    rollout(bed, &ns, "web", ROLLOUT).await?;
     let got = reports(bed, &ns, "web").await?;
     ensure!(got.len() == 2, "Running pods after the rollout: {got:?}");
     for (pod, report) in &got {
-        ensure!(*report == format!("env={}", sha256("")), "{pod}: files output must not set env ({report})");
-        let file =
-            bed.kubectl(&["-n", &ns, "exec", pod, "-c", "app", "--", "sha256sum", "/keyhole/secrets/DB_PASSWORD"])?;
-        let digest = file.split_whitespace().next().unwrap_or_default().to_owned();
-        ensure!(digest == sha256(&v2), "{pod}: the new pod's file is not the new version");
+        ensure!(field(report, "env")? == sha256(""), "{pod}: files output must not set env ({report})");
+        let want = format!("{}:400:1000", sha256(&v2));
+        ensure!(field(report, "DB_PASSWORD")? == want, "{pod}: the new pod's file is not the new version ({report})");
     }
     Ok(())
 }
 
 async fn webhook_down_opted_in_pods_are_refused_others_run(bed: &Bed) -> Result<()> {
     let ns = bed.namespace("node-down").await?;
-    bed.kubectl(&["-n", install::NAMESPACE, "scale", "deployment/keyhole-webhook", "--replicas=0"])?;
+    bed.kubectl(&["-n", install::NAMESPACE, "scale", "deployment/keyhole-webhook", "--replicas=0"]).await?;
     let sys: Api<Pod> = Api::namespaced(bed.client.clone(), install::NAMESPACE);
     wait_until("the webhook pods to be gone", Duration::from_secs(60), || {
         let sys = sys.clone();
@@ -351,8 +279,9 @@ async fn webhook_down_opted_in_pods_are_refused_others_run(bed: &Bed) -> Result<
         Ok(())
     }
     .await;
-    bed.kubectl(&["-n", install::NAMESPACE, "scale", "deployment/keyhole-webhook", "--replicas=2"])?;
-    bed.kubectl(&["-n", install::NAMESPACE, "rollout", "status", "deployment/keyhole-webhook", "--timeout=90s"])?;
+    bed.kubectl(&["-n", install::NAMESPACE, "scale", "deployment/keyhole-webhook", "--replicas=2"]).await?;
+    bed.kubectl(&["-n", install::NAMESPACE, "rollout", "status", "deployment/keyhole-webhook", "--timeout=90s"])
+        .await?;
     result
 }
 
@@ -360,18 +289,18 @@ async fn with_the_backends_stopped_scaling_1_to_5_brings_the_new_pods_to_running
     let ns = app_namespace(bed, "node-offline").await?;
     let pw = secret("node-offline-pw");
     bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"password": pw}}))).await?;
-    deploy(bed, &ns, "web", 1, vault_annotations(&ns, "secret")).await?;
-    rollout(bed, &ns, "web").await?;
+    deploy(bed, &ns, "web", "app", 1, vault_annotations(&ns, "secret"), "DB_PASSWORD").await?;
+    rollout(bed, &ns, "web", ROLLOUT).await?;
     ensure!(bed.stop_part("openbao") && bed.stop_part("moto"), "OpenBao or moto was not running");
     ensure!(bed.http.get(format!("{}/v1/sys/health", bed.vault_addr)).send().await.is_err(), "OpenBao still answers");
     Api::<Deployment>::namespaced(bed.client.clone(), &ns)
         .patch("web", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": 5}})))
         .await?;
-    rollout(bed, &ns, "web").await?;
+    rollout(bed, &ns, "web", ROLLOUT).await?;
     let got = reports(bed, &ns, "web").await?;
     ensure!(got.len() == 5, "Running pods with the backends stopped: {got:?}");
     for (pod, report) in &got {
-        ensure!(*report == format!("env={}", sha256(&pw)), "{pod}: not the revision's value ({report})");
+        ensure!(field(report, "env")? == sha256(&pw), "{pod}: not the revision's value ({report})");
     }
     Ok(())
 }

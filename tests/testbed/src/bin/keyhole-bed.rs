@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use keyhole_testbed::Bed;
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let cmd = std::env::args().nth(1).unwrap_or_else(|| "up".into());
     match cmd.as_str() {
