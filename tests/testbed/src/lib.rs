@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod bench_node;
 pub mod bench_rotation;
 pub mod demo;
 pub mod harness;

@@ -291,6 +291,16 @@ impl Node {
         log_tail(&self.logs, name)
     }
 
+    /// Imports one more image into the node's containerd.
+    pub fn import(&self, img: &Image) -> Result<()> {
+        self.ctr(&["images", "import", &img.archive.display().to_string()]).map(drop)
+    }
+
+    /// The images directory (archives written for this node).
+    pub fn images_dir(&self) -> PathBuf {
+        self.logs.with_file_name("node").join("images")
+    }
+
     /// `ctr -n k8s.io <args>` against the node's containerd.
     pub fn ctr(&self, args: &[&str]) -> Result<String> {
         ctr(&self.containerd_sock, args)

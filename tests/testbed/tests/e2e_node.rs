@@ -29,6 +29,7 @@ fn main() {
         secret_output_the_app_env_holds_the_values_through_env_from,
         rotation_a_new_version_rolls_the_deployment_to_completion,
         webhook_down_opted_in_pods_are_refused_others_run,
+        bench_pod_create_to_ready,
         // Last: stops OpenBao and moto for good.
         with_the_backends_stopped_scaling_1_to_5_brings_the_new_pods_to_running,
     ]);
@@ -302,5 +303,13 @@ async fn with_the_backends_stopped_scaling_1_to_5_brings_the_new_pods_to_running
     for (pod, report) in &got {
         ensure!(field(report, "env")? == sha256(&pw), "{pod}: not the revision's value ({report})");
     }
+    Ok(())
+}
+
+/// `make bench` runs 10 rounds (`KEYHOLE_POD_START_ROUNDS`); 3 here.
+async fn bench_pod_create_to_ready(bed: &Bed) -> Result<()> {
+    let rounds = std::env::var("KEYHOLE_POD_START_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let rows = keyhole_testbed::bench_node::pod_start(bed, rounds).await?;
+    keyhole_testbed::bench_node::print(&rows);
     Ok(())
 }
