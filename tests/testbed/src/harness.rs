@@ -47,13 +47,15 @@ fn run_with(args: Arguments, tests: Vec<(&'static str, TestFn)>, with_node: bool
 
     let start = if with_node {
         rt.block_on(async {
-            let bed = Bed::start_with_node().await?;
+            let mut bed = Bed::start_with_node().await?;
             let t0 = std::time::Instant::now();
-            bed.install_keyhole(&bed.node_config_yaml(
-                &[("rotationRole", install::VAULT_ROTATION_ROLE)],
-                &[("rotationRole", "arn:aws:iam::123456789012:role/keyhole-rotation")],
-            )?)
-            .await?;
+            let installed = bed
+                .install_keyhole(&bed.node_config_yaml(
+                    &[("rotationRole", install::VAULT_ROTATION_ROLE)],
+                    &[("rotationRole", "arn:aws:iam::123456789012:role/keyhole-rotation")],
+                )?)
+                .await?;
+            bed.installed = Some(installed);
             Ok::<_, anyhow::Error>((bed, Some(t0.elapsed())))
         })
     } else {

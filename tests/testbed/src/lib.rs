@@ -101,6 +101,8 @@ pub struct Bed {
     pub http: reqwest::Client,
     /// The real node, when the bed was started with one ([`Bed::start_with_node`]).
     pub node: Option<node::Node>,
+    /// keyhole as installed on the node ([`Bed::install_keyhole`]).
+    pub installed: Option<install::Install>,
     /// Behind a lock so a fault test can stop one part through `&Bed`.
     procs: std::sync::Mutex<Vec<Proc>>,
     _tmp: Option<tempfile::TempDir>,
@@ -280,6 +282,7 @@ impl Bed {
             started_in: Duration::ZERO,
             http,
             node: None,
+            installed: None,
             procs: std::sync::Mutex::new(procs),
             _tmp: Some(tmp),
         };

@@ -100,6 +100,8 @@ pub struct Node {
     pub containerd_sock: PathBuf,
     pub images: Vec<Image>,
     pub netns: Netns,
+    /// The namespaces' init (tini), for `nsenter --target`.
+    pub init_pid: u32,
     /// Start → node Ready.
     pub started_in: Duration,
     kubelet: Option<NsProc>,
@@ -200,6 +202,7 @@ impl Node {
             containerd_sock: dir.join("containerd.sock"),
             images,
             netns: Netns::of_pid(init_pid)?,
+            init_pid,
             started_in: Duration::ZERO,
             kubelet: None,
             containerd: None,
@@ -289,6 +292,27 @@ impl Node {
 
     fn log_tail(&self, name: &str) -> String {
         log_tail(&self.logs, name)
+    }
+
+    /// Runs `program args` in the node's network namespace (a test's view from
+    /// inside the cluster network); stdout on success.
+    pub async fn in_netns(&self, program: &str, args: &[&str], stdin: &[u8]) -> Result<String> {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", self.init_pid))
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(mut i) = child.stdin.take() {
+            i.write_all(stdin).await?;
+        }
+        let out = child.wait_with_output().await?;
+        ensure!(out.status.success(), "{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Imports one more image into the node's containerd.

@@ -29,7 +29,9 @@ fn main() {
         secret_output_the_app_env_holds_the_values_through_env_from,
         rotation_a_new_version_rolls_the_deployment_to_completion,
         webhook_down_opted_in_pods_are_refused_others_run,
+        webhook_certificate_rotated_in_its_secret_no_admission_fails,
         bench_pod_create_to_ready,
+        a_killed_bed_leaves_no_process_mount_cgroup_or_directory,
         // Last: stops OpenBao and moto for good.
         with_the_backends_stopped_scaling_1_to_5_brings_the_new_pods_to_running,
     ]);
@@ -312,4 +314,189 @@ async fn bench_pod_create_to_ready(bed: &Bed) -> Result<()> {
     let rows = keyhole_testbed::bench_node::pod_start(bed, rounds).await?;
     keyhole_testbed::bench_node::print(&rows);
     Ok(())
+}
+
+/// The SHA-256 fingerprint of the certificate served at `ip:8443`, seen from
+/// inside the cluster network.
+async fn served_fingerprint(bed: &Bed, ip: &str) -> Result<String> {
+    let node = bed.node.as_ref().context("node")?;
+    let pem = node.in_netns("openssl", &["s_client", "-connect", &format!("{ip}:8443"), "-showcerts"], b"").await?;
+    fingerprint(&pem).await
+}
+
+async fn fingerprint(pem: &str) -> Result<String> {
+    let mut child = tokio::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::io::AsyncWriteExt::write_all(child.stdin.as_mut().context("stdin")?, pem.as_bytes()).await?;
+    drop(child.stdin.take());
+    let out = child.wait_with_output().await?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+async fn webhook_certificate_rotated_in_its_secret_no_admission_fails(bed: &Bed) -> Result<()> {
+    let ns = bed.namespace("node-certs").await?;
+    let install = bed.installed.as_ref().context("keyhole is not installed")?;
+    let sys: Api<Pod> = Api::namespaced(bed.client.clone(), install::NAMESPACE);
+    let ips: Vec<String> = sys
+        .list(&ListParams::default().labels("app.kubernetes.io/component=webhook"))
+        .await?
+        .items
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    ensure!(ips.len() == 2, "webhook pod IPs: {ips:?}");
+    let old = served_fingerprint(bed, &ips[0]).await?;
+
+    // Opted-in pods created (dry run: admission runs, nothing is stored) without
+    // pause while the certificate changes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (client, ns, stop) = (bed.client.clone(), ns.clone(), stop.clone());
+        tokio::spawn(async move {
+            let pods: Api<Pod> = Api::namespaced(client, &ns);
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"generateName": "dry-", "annotations": {"keyhole.dev/inject": "true", "keyhole.dev/role": "r",
+                    "keyhole.dev/secret-x": format!("secret/{ns}/x#y")}},
+                "spec": {"containers": [{"name": "app", "image": image::APP_IMAGE}]}
+            }))
+            .expect("pod");
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match pods.create(&PostParams { dry_run: true, ..Default::default() }, &pod).await {
+                    Ok(p) if p.spec.as_ref().is_some_and(|s| s.init_containers.is_some()) => ok += 1,
+                    Ok(_) => failed.push("admitted without the injector".to_owned()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    // `make certs` again: same CA (the caBundle stays), a new leaf; then apply.
+    let out = tokio::process::Command::new("bash")
+        .arg(keyhole_testbed::webhook::repo_root().join("certs/make-certs.sh"))
+        .env("CERTS_OUT", &install.certs)
+        .output()
+        .await?;
+    ensure!(out.status.success(), "make-certs.sh: {}", String::from_utf8_lossy(&out.stderr));
+    let new = fingerprint(&std::fs::read_to_string(install.certs.join("tls.crt"))?).await?;
+    ensure!(new != old, "make-certs.sh did not make a new certificate");
+    bed.kubectl(&["apply", "-k", &install.overlay.display().to_string()]).await?;
+    let swapped = wait_until("both webhook pods to serve the new certificate", Duration::from_secs(150), || {
+        let ips = ips.clone();
+        let new = new.clone();
+        async move {
+            for ip in &ips {
+                if served_fingerprint(bed, ip).await.ok().as_deref() != Some(new.as_str()) {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await?;
+    swapped?;
+    ensure!(
+        failed.is_empty(),
+        "{} of {} admissions failed during the swap: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    ensure!(ok > 20, "only {ok} admissions during the swap");
+    eprintln!("    {ok} admissions during the certificate swap, none failed");
+    Ok(())
+}
+
+/// A second bed with a node, a pod running on it, then SIGKILL: the kernel and
+/// the janitor must leave nothing (processes, mounts, cgroups, its directory).
+async fn a_killed_bed_leaves_no_process_mount_cgroup_or_directory(_bed: &Bed) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let bin = keyhole_testbed::workspace_bin("keyhole-bed")?;
+    let mut child = tokio::process::Command::new(&bin)
+        .args(["up", "--node"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let (mut kubeconfig, mut dir, mut cgroup) = (String::new(), String::new(), String::new());
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await?? {
+        if let Some(k) = line.trim().strip_prefix("export KUBECONFIG=") {
+            kubeconfig = k.to_owned();
+        }
+        if let Some(rest) = line.trim().strip_prefix("node keyhole-node Ready") {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            dir = words.iter().skip_while(|w| **w != "dir").nth(1).unwrap_or(&"").to_string();
+            cgroup = words.iter().skip_while(|w| **w != "cgroup-root").nth(1).unwrap_or(&"").to_string();
+            break;
+        }
+    }
+    ensure!(!dir.is_empty() && !cgroup.is_empty() && !kubeconfig.is_empty(), "keyhole-bed up --node printed no node");
+    let client = keyhole_testbed::kube_client(std::path::Path::new(&kubeconfig)).await?;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "sleeper"},
+        "spec": {"containers": [{"name": "app", "image": image::APP_IMAGE, "imagePullPolicy": "Never", "command": ["sleep", "3600"]}]}
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    wait_until("the pod on the second bed to run", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move { pods.get("sleeper").await.is_ok_and(|p| phase(&p) == "Running") }
+    })
+    .await?;
+    let holding = |needle: String| -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                cmd.contains(&needle)
+                    .then(|| format!("{}: {}", e.file_name().to_string_lossy(), &cmd[..cmd.len().min(100)]))
+            })
+            .collect()
+    };
+    let shims = holding(format!("{dir}/node/containerd.sock"));
+    ensure!(shims.iter().any(|p| p.contains("containerd-shim")), "no shim before the kill: {shims:?}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().context("pid")? as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    child.wait().await?;
+    let cgroups = || -> Vec<String> {
+        std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|h| h.path().join(&cgroup))
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string())
+            .collect()
+    };
+    let left = || {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mounts: Vec<&str> = mounts.lines().filter(|l| l.contains(&dir)).collect();
+        (holding(dir.clone()), mounts.len(), cgroups(), std::path::Path::new(&dir).exists())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (procs, mounts, cgs, dir_left) = left();
+        if procs.is_empty() && mounts == 0 && cgs.is_empty() && !dir_left {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "left behind 20 s after SIGKILL: processes {procs:?}, {mounts} mounts, cgroups {cgs:?}, directory {dir_left}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

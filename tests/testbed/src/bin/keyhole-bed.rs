@@ -1,5 +1,6 @@
-//! `keyhole-bed up`: start the test bed and keep it up until Ctrl-C, printing how
-//! to reach each part. `keyhole-bed demo`: keyhole's main job, end to end.
+//! `keyhole-bed up [--node]`: start the test bed (with a real node) and keep it up
+//! until Ctrl-C, printing how to reach each part. `keyhole-bed demo`: keyhole's
+//! main job, end to end.
 use anyhow::{Result, bail};
 use keyhole_testbed::Bed;
 
@@ -9,13 +10,23 @@ async fn main() -> Result<()> {
     match cmd.as_str() {
         "up" => up().await,
         "demo" => keyhole_testbed::demo::run().await,
-        other => bail!("usage: keyhole-bed up|demo (not {other:?})"),
+        other => bail!("usage: keyhole-bed up [--node] | demo (not {other:?})"),
     }
 }
 
 async fn up() -> Result<()> {
-    let bed = Bed::start().await?;
+    let with_node = std::env::args().nth(2).as_deref() == Some("--node");
+    let bed = if with_node { Bed::start_with_node().await? } else { Bed::start().await? };
     print_bed(&bed);
+    if let Some(node) = &bed.node {
+        println!(
+            "  node {} Ready in {:.1}s; dir {} cgroup-root {}",
+            node.name,
+            node.started_in.as_secs_f64(),
+            bed.dir.display(),
+            node.cgroup_root
+        );
+    }
     println!("Ctrl-C stops every part.");
     tokio::signal::ctrl_c().await?;
     Ok(())
