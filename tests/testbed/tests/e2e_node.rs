@@ -28,6 +28,7 @@ fn main() {
         a_missing_secret_keeps_the_pod_in_init_error_with_the_reason_in_describe,
         secret_output_the_app_env_holds_the_values_through_env_from,
         rotation_a_new_version_rolls_the_deployment_to_completion,
+        rotation_max_rollouts_holds_when_five_workloads_share_the_changed_value,
         webhook_down_opted_in_pods_are_refused_others_run,
         webhook_certificate_rotated_in_its_secret_no_admission_fails,
         bench_pod_create_to_ready,
@@ -499,4 +500,74 @@ async fn a_killed_bed_leaves_no_process_mount_cgroup_or_directory(_bed: &Bed) ->
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The installed controller with `--max-rollouts=2 --interval=10s` (patched
+/// into its Deployment as an operator would): five Deployments on one changed
+/// value start rolling two per 10 s window, and all five complete.
+async fn rotation_max_rollouts_holds_when_five_workloads_share_the_changed_value(bed: &Bed) -> Result<()> {
+    let args = json!([{"op": "replace", "path": "/spec/template/spec/containers/0/args",
+        "value": ["--config=/etc/keyhole/config.yaml", "--interval=10s", "--max-rollouts=2", "--metrics-listen=0.0.0.0:9090"]}]);
+    bed.kubectl(&[
+        "-n",
+        install::NAMESPACE,
+        "patch",
+        "deployment/keyhole-rotation",
+        "--type=json",
+        "-p",
+        &args.to_string(),
+    ])
+    .await?;
+    rollout(bed, install::NAMESPACE, "keyhole-rotation", ROLLOUT).await?;
+
+    let ns = app_namespace(bed, "node-max").await?;
+    bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"password": secret("max-v1")}}))).await?;
+    let names: Vec<String> = (0..5).map(|i| format!("web-{i}")).collect();
+    for name in &names {
+        deploy(bed, &ns, name, "app", 1, vault_annotations(&ns, "files"), "DB_PASSWORD").await?;
+    }
+    let deploys: Api<Deployment> = Api::namespaced(bed.client.clone(), &ns);
+    wait_until("the controller's baseline for all five", Duration::from_secs(60), || {
+        let deploys = deploys.clone();
+        async move {
+            deploys.list(&ListParams::default()).await.is_ok_and(|l| {
+                l.items.len() == 5
+                    && l.items.iter().all(|d| {
+                        d.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("keyhole.dev/observed-versions"))
+                    })
+            })
+        }
+    })
+    .await?;
+    let start: Vec<i64> = {
+        let mut g = Vec::new();
+        for n in &names {
+            g.push(deploys.get(n).await?.metadata.generation.unwrap_or_default());
+        }
+        g
+    };
+    bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"password": secret("max-v2")}}))).await?;
+    let changed = std::time::Instant::now();
+    // When each Deployment's template moved, seconds after the change.
+    let mut rolled_at: Vec<Option<f64>> = vec![None; 5];
+    while rolled_at.iter().any(Option::is_none) {
+        ensure!(changed.elapsed() < Duration::from_secs(120), "not all rolled in 120 s: {rolled_at:?}");
+        for (i, n) in names.iter().enumerate() {
+            if rolled_at[i].is_none() && deploys.get(n).await?.metadata.generation.unwrap_or_default() > start[i] {
+                rolled_at[i] = Some(changed.elapsed().as_secs_f64());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut times: Vec<f64> = rolled_at.into_iter().flatten().collect();
+    times.sort_by(f64::total_cmp);
+    eprintln!("    rollouts started at {times:.1?} s after the change");
+    // No 10 s window (less a second of polling slack) holds more than two starts.
+    for w in times.windows(3) {
+        ensure!(w[2] - w[0] >= 9.0, "three rollouts started within {:.1} s: {times:?}", w[2] - w[0]);
+    }
+    for n in &names {
+        rollout(bed, &ns, n, ROLLOUT).await?;
+    }
+    Ok(())
 }
