@@ -45,18 +45,10 @@ exec sleep 3600"#
     )
 }
 
-/// A Deployment of the app image (UID 1000, no API token of its own) whose pods
-/// report `env_var` and keyhole's files. New revisions come up in full at once.
-pub async fn deploy(
-    bed: &Bed,
-    ns: &str,
-    name: &str,
-    sa: &str,
-    replicas: i32,
-    annotations: Value,
-    env_var: &str,
-) -> Result<()> {
-    let d: Deployment = serde_json::from_value(json!({
+/// A Deployment (UID 1000, no API token of its own: keyhole mounts one into the
+/// injector only) of one container `app`; new revisions come up in full at once.
+pub fn deployment(name: &str, sa: &str, replicas: i32, annotations: Value, app: Value) -> Result<Deployment> {
+    Ok(serde_json::from_value(json!({
         "metadata": {"name": name},
         "spec": {
             "replicas": replicas,
@@ -69,17 +61,32 @@ pub async fn deploy(
                     "automountServiceAccountToken": false,
                     "terminationGracePeriodSeconds": 0,
                     "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
-                    "containers": [{
-                        "name": "app",
-                        "image": image::APP_IMAGE,
-                        "imagePullPolicy": "Never",
-                        "command": ["sh", "-c", report_script(env_var)],
-                        "readinessProbe": {"exec": {"command": ["test", "-s", "/dev/termination-log"]}, "periodSeconds": 1},
-                    }],
+                    "containers": [app],
                 }
             }
         }
-    }))?;
+    }))?)
+}
+
+/// Creates a [`deployment`] of the app image whose pods report `env_var` and
+/// keyhole's files.
+pub async fn deploy(
+    bed: &Bed,
+    ns: &str,
+    name: &str,
+    sa: &str,
+    replicas: i32,
+    annotations: Value,
+    env_var: &str,
+) -> Result<()> {
+    let app = json!({
+        "name": "app",
+        "image": image::APP_IMAGE,
+        "imagePullPolicy": "Never",
+        "command": ["sh", "-c", report_script(env_var)],
+        "readinessProbe": {"exec": {"command": ["test", "-s", "/dev/termination-log"]}, "periodSeconds": 1},
+    });
+    let d = deployment(name, sa, replicas, annotations, app)?;
     Api::<Deployment>::namespaced(bed.client.clone(), ns).create(&PostParams::default(), &d).await?;
     Ok(())
 }

@@ -144,23 +144,8 @@ fn annotations(b: Backend, ns: &str, output: &str) -> Value {
 /// A Deployment whose pods hold no API token of their own: keyhole mounts one
 /// into the injector only. New revisions come up in full at once (maxSurge 100%).
 async fn deploy(bed: &Bed, ns: &str, name: &str, replicas: i32, annotations: Value) -> Result<Deployment> {
-    let d: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "strategy": {"rollingUpdate": {"maxSurge": "100%", "maxUnavailable": 0}},
-            "template": {
-                "metadata": {"labels": {"app": name}, "annotations": annotations},
-                "spec": {
-                    "serviceAccountName": SA,
-                    "automountServiceAccountToken": false,
-                    "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
-                    "containers": [{"name": "app", "image": "registry.example/app:1"}]
-                }
-            }
-        }
-    }))?;
+    let app = json!({"name": "app", "image": "registry.example/app:1"});
+    let d = keyhole_testbed::app::deployment(name, SA, replicas, annotations, app)?;
     Ok(Api::<Deployment>::namespaced(bed.client.clone(), ns).create(&PostParams::default(), &d).await?)
 }
 
