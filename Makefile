@@ -11,7 +11,7 @@ BUILD := $(CARGO) build --workspace --all-targets
 IMAGE_BUILD := $(CARGO) build --profile image -p keyhole-cli --bin keyhole
 BIN := $(CURDIR)/target/debug
 
-.PHONY: all bed-deps build image test unit e2e lint fmt bench demo certs clean
+.PHONY: all bed-deps build image test unit e2e lint fmt bench fuzz demo certs clean
 
 all: build
 
@@ -36,7 +36,7 @@ test: bed-deps
 ## Every test that needs no test bed: unit, golden, TLS reload.
 unit:
 	$(BUILD)
-	$(CARGO) test --workspace --no-fail-fast --lib --bins --test golden --test tls_reload
+	$(CARGO) test --workspace --no-fail-fast --lib --bins --test golden --test hostile --test limits --test tls_reload
 
 e2e: bed-deps
 	$(BUILD)
@@ -62,6 +62,16 @@ bench:
 	KEYHOLE_ROLLOUT_REPLICAS=50 $(CARGO) test --release -p keyhole-testbed --test e2e_secret -- bench --nocapture
 	$(IMAGE_BUILD)
 	KEYHOLE_POD_START_ROUNDS=10 $(CARGO) test --release -p keyhole-testbed --test e2e_node -- bench --nocapture
+
+## The webhook's fuzz target (fuzz/, libFuzzer on the nightly toolchain) for
+## FUZZ_SECONDS, its corpus seeded from the golden pods. Crashes land in
+## fuzz/artifacts/review/.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	python3 fuzz/seed.py fuzz/corpus/review
+	$(CARGO) +nightly fuzz run review fuzz/corpus/review -- -dict=fuzz/review.dict \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1
 
 ## The main job end to end on the local cluster's real node, keyhole from its image.
 demo: bed-deps

@@ -39,6 +39,8 @@ pub const OBSERVED_VERSIONS: &str = "keyhole.dev/observed-versions";
 /// Value of [`STATUS`] on an injected pod.
 pub const STATUS_INJECTED: &str = "injected";
 pub const DEFAULT_MOUNT_PATH: &str = "/keyhole/secrets";
+/// Names `keyhole.dev/containers` may list (each is looked up among the pod's).
+pub const MAX_CONTAINER_NAMES: usize = 100;
 
 /// Every key a user may write, for the "unknown annotation" hint.
 const USER_KEYS: &[&str] = &[INJECT, STORE, ROLE, OUTPUT, MOUNT_PATH, CONTAINERS, FILE_MODE, ROTATE, REFRESH_INTERVAL];
@@ -104,13 +106,22 @@ impl fmt::Display for Problem {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct Problems(pub Vec<Problem>);
 
+impl Problems {
+    /// Problems shown in a message; the rest are counted ("… and 12 more"), so
+    /// a pod with a thousand mistakes gets an answer of bounded size.
+    pub const SHOWN: usize = 10;
+}
+
 impl fmt::Display for Problems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.iter().enumerate() {
+        for (i, p) in self.0.iter().take(Self::SHOWN).enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
             p.fmt(f)?;
+        }
+        if self.0.len() > Self::SHOWN {
+            write!(f, "; … and {} more", self.0.len() - Self::SHOWN)?;
         }
         Ok(())
     }
@@ -218,6 +229,8 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<InjectSpec
                     value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
                 if names.is_empty() {
                     bad("empty container list: name app containers separated by commas, or remove it for all".into());
+                } else if names.len() > MAX_CONTAINER_NAMES {
+                    bad(format!("{} names; a pod has far fewer containers: name at most {MAX_CONTAINER_NAMES}", names.len()));
                 } else {
                     spec.containers = Some(names);
                 }

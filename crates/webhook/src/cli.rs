@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 use crate::tls::CertStore;
-use crate::{App, Config};
+use crate::{App, Config, Limits};
+use keyhole_contract::duration;
 
 /// keyhole's admission webhook: POST /mutate for pods, POST /validate for workloads.
 #[derive(clap::Parser)]
@@ -35,6 +36,13 @@ pub struct Cli {
     /// Plain-HTTP listener for /metrics, /healthz and /readyz.
     #[arg(long, env = "KEYHOLE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// After SIGTERM, how long the webhook keeps answering while not ready,
+    /// before it stops accepting connections (then it drains for up to 15 s).
+    #[arg(long, env = "KEYHOLE_SHUTDOWN_GRACE", default_value = "5s", value_parser = duration::parse_flag)]
+    pub shutdown_grace: Duration,
+    /// How long a client has to send one review's body and get the answer.
+    #[arg(long, env = "KEYHOLE_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration::parse_flag)]
+    pub request_timeout: Duration,
     /// How often the certificate files are re-read.
     #[arg(long, env = "KEYHOLE_CERT_RELOAD_SECONDS", default_value_t = 5)]
     pub cert_reload_seconds: u64,
@@ -43,7 +51,17 @@ pub struct Cli {
 impl Cli {
     /// Logs, crypto provider, config, then serves until SIGTERM.
     pub fn main(self) -> Result<()> {
-        let Self { config, log_format, tls_cert, tls_key, listen, metrics_listen, cert_reload_seconds } = self;
+        let Self {
+            config,
+            log_format,
+            tls_cert,
+            tls_key,
+            listen,
+            metrics_listen,
+            shutdown_grace,
+            request_timeout,
+            cert_reload_seconds,
+        } = self;
         keyhole_admin::init_logs(log_format, "info");
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = Config::load(&config)?;
@@ -58,7 +76,8 @@ impl Cli {
                 None => None,
             };
             tracing::info!(%listen, metrics = ?metrics_listen, stores = config.stores.stores.len(), "keyhole-webhook serving");
-            let app = App::new(config, metrics);
+            let limits = Limits { shutdown_grace, request_timeout, ..Limits::default() };
+            let app = App::with_limits(config, metrics, limits);
             crate::serve(listener, metrics_listener, app, certs, keyhole_admin::shutdown_signal()).await?;
             tracing::info!("stopped");
             Ok(())

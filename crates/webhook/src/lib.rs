@@ -25,6 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
@@ -33,20 +34,70 @@ use crate::metrics::Metrics;
 use crate::tls::CertStore;
 pub use keyhole_contract::config::Config;
 
-/// How long a client has to finish the TLS handshake and send its headers.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long SIGTERM waits for in-flight requests.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+/// What one client can make the server hold, and for how long. Every review is
+/// bounded in time (handshake, headers, body, answer) and in memory (the body
+/// caps of [`review`], the slots below), so no input, slow or huge, can take
+/// the webhook down for the pods that need it.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// To finish the TLS handshake, and then to send a request's headers (an
+    /// idle keep-alive connection is closed after it too).
+    pub handshake_timeout: Duration,
+    /// To send a request's body and get the answer, waiting for a slot
+    /// included. The API server gives up after the webhook's `timeoutSeconds`
+    /// (5 s in the manifests, 30 s at most) anyway.
+    pub request_timeout: Duration,
+    /// Open connections; past it the server stops accepting until one closes.
+    pub max_connections: usize,
+    /// Reviews read or worked on at once.
+    pub max_in_flight: usize,
+    /// Reviews larger than [`review::SMALL_BODY`] read at once: with
+    /// [`review::MAX_BODY`] each, what bounds the memory a flood can take.
+    pub max_large_in_flight: usize,
+    /// After SIGTERM: how long the server answers, not ready, before it stops
+    /// accepting, so the Service's endpoints drop it first.
+    pub shutdown_grace: Duration,
+    /// Then: how long in-flight requests get to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_in_flight: 256,
+            max_large_in_flight: 2,
+            shutdown_grace: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(15),
+        }
+    }
+}
 
 pub struct App {
     pub config: Config,
     pub metrics: Arc<Metrics>,
+    pub limits: Limits,
     ready: AtomicBool,
+    slots: Semaphore,
+    large_slots: Semaphore,
 }
 
 impl App {
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<App> {
-        Arc::new(App { config, metrics, ready: AtomicBool::new(true) })
+        App::with_limits(config, metrics, Limits::default())
+    }
+
+    pub fn with_limits(config: Config, metrics: Arc<Metrics>, limits: Limits) -> Arc<App> {
+        Arc::new(App {
+            config,
+            metrics,
+            ready: AtomicBool::new(true),
+            slots: Semaphore::new(limits.max_in_flight),
+            large_slots: Semaphore::new(limits.max_large_in_flight),
+            limits,
+        })
     }
 }
 
@@ -68,8 +119,10 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(keyhole_admin::probes(app))
 }
 
-/// Serves until `shutdown` resolves, then stops accepting, marks itself not
-/// ready, and lets in-flight requests finish (up to [`DRAIN_TIMEOUT`]).
+/// Serves until `shutdown` resolves; then turns not ready and keeps serving for
+/// [`Limits::shutdown_grace`], so the endpoints drop it before it refuses a
+/// connection; then stops accepting and lets in-flight requests finish (up to
+/// [`Limits::drain_timeout`]).
 pub async fn serve(
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
@@ -88,11 +141,26 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(certs.server_config());
     let service = router(app.clone());
     let graceful = GracefulShutdown::new();
+    let limits = app.limits.clone();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT).keep_alive(true);
+    http.timer(TokioTimer::new()).header_read_timeout(limits.handshake_timeout).keep_alive(true);
     let http = Arc::new(http);
-    tokio::pin!(shutdown);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let (grace_over_tx, mut grace_over) = tokio::sync::watch::channel(false);
+    let grace_app = app.clone();
+    let grace = limits.shutdown_grace;
+    tokio::spawn(async move {
+        shutdown.await;
+        info!(grace = ?grace, "shutting down: not ready, still serving while the endpoints drop this pod");
+        grace_app.ready.store(false, Ordering::Relaxed);
+        tokio::time::sleep(grace).await;
+        let _ = grace_over_tx.send(true);
+    });
     loop {
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            () = set(&mut grace_over) => break,
+        };
         let (stream, peer): (_, SocketAddr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -103,15 +171,17 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = set(&mut grace_over) => break,
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(service.clone());
         let watcher = graceful.watcher();
         let http = http.clone();
+        let handshake_timeout = limits.handshake_timeout;
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => return debug!(%peer, "TLS handshake timed out"),
@@ -123,10 +193,9 @@ pub async fn serve(
         });
     }
 
-    info!("shutting down: no new connections, draining in-flight requests");
-    app.ready.store(false, Ordering::Relaxed);
+    info!("no new connections; draining in-flight requests");
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
         warn!("drain timed out; closing the remaining connections");
     }
     let _ = stop_tx.send(true);
@@ -134,4 +203,9 @@ pub async fn serve(
         let _ = t.await;
     }
     Ok(())
+}
+
+/// Resolves once the flag is set (the guard `wait_for` returns is not `Send`).
+async fn set(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
 }

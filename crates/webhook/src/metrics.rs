@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReviewLabels {
     pub endpoint: &'static str,
-    pub kind: String,
+    pub kind: &'static str,
     pub outcome: &'static str,
 }
 

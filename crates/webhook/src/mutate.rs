@@ -26,7 +26,7 @@ use crate::slim::{ContainerView, PodView, SpecView};
 /// Where the injector binary lives in keyhole's image.
 pub const INJECTOR_COMMAND: &str = "/usr/local/bin/keyhole-injector";
 /// Volume names keyhole adds; a pod may neither define nor mount them itself.
-const RESERVED_VOLUMES: [&str; 3] = [names::SECRETS_VOLUME, names::TOKEN_VOLUME, names::API_TOKEN_VOLUME];
+pub const RESERVED_VOLUMES: [&str; 3] = [names::SECRETS_VOLUME, names::TOKEN_VOLUME, names::API_TOKEN_VOLUME];
 
 /// What the webhook does with one pod.
 #[derive(Debug)]
@@ -61,18 +61,33 @@ impl Target {
     }
 }
 
+/// The UID and GID the injector runs as when the app runs as root: the
+/// image's own non-root user (`USER 65532:65532` in the Containerfile).
+pub const INJECTOR_UID: i64 = 65532;
+
 /// Decides what to do with `pod` (as received, in `namespace`).
 pub fn mutate(pod: &PodView, config: &Config) -> Result<Mutation, Problems> {
+    if let Some(why) = pod.over_limits() {
+        return Err(one(annotations::INJECT, &why));
+    }
     let empty = BTreeMap::new();
-    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    let annotations = pod.metadata.annotations.as_deref().unwrap_or(&empty);
     let Some(spec) = annotations::parse(annotations)? else {
         return Ok(Mutation::Skip("not opted in"));
     };
     let Some(pod_spec) = pod.spec.as_ref() else {
         return Err(one(annotations::INJECT, "the pod has no spec"));
     };
-    if annotations::injected(annotations) || injector_present(pod_spec) {
+    // Only keyhole's own injector marks a pod as done: the status annotation
+    // alone is something anyone can write, and would skip the injection.
+    if injector_present(pod_spec) {
         return Ok(Mutation::Skip("already injected"));
+    }
+    if pod_spec.os.as_ref().is_some_and(|os| os.name != "linux") {
+        return Err(one(
+            annotations::INJECT,
+            "keyhole injects Linux pods only (spec.os.name is not linux): remove keyhole.dev/inject from this pod",
+        ));
     }
 
     let mut problems = check_reserved_names(pod_spec);
@@ -100,7 +115,7 @@ pub fn mutate(pod: &PodView, config: &Config) -> Result<Mutation, Problems> {
 
     let identity = identity(pod_spec, &targets);
     let facts =
-        PodFacts { uid_known: identity.run_as_user.is_some(), controller: controller(pod), revision: revision(pod) };
+        PodFacts { uid_known: one_uid(pod_spec, &targets), controller: controller(pod), revision: revision(pod) };
     if spec.output.secret() && facts.controller.is_none() && pod.metadata.name.as_deref().unwrap_or("").is_empty() {
         problems.push(Problem::new(
             annotations::OUTPUT,
@@ -130,14 +145,31 @@ fn one(annotation: &str, message: &str) -> Problems {
     Problems(vec![Problem::new(annotation, message)])
 }
 
+/// keyhole's injector, as the webhook adds it: the first init container, by
+/// its name and its command.
 fn injector_present(spec: &SpecView) -> bool {
-    spec.init_containers.iter().flatten().any(|c| c.name == names::INJECTOR_CONTAINER)
+    spec.init_containers.iter().flatten().next().is_some_and(is_injector)
 }
 
-/// Keyhole's volume names must be free, and no container may already mount them:
-/// a container mounting `keyhole-token` would get the backend token once we add it.
+fn is_injector(c: &ContainerView) -> bool {
+    c.name == names::INJECTOR_CONTAINER
+        && c.command.as_ref().and_then(|cmd| cmd.first()).is_some_and(|c| c == INJECTOR_COMMAND)
+}
+
+/// Keyhole's volume and container names must be free, and no container may
+/// already mount its volumes: a container mounting `keyhole-token` would get the
+/// backend token once we add it.
 fn check_reserved_names(spec: &SpecView) -> Vec<Problem> {
     let mut problems = Vec::new();
+    let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+    for c in containers.chain(spec.ephemeral_containers.iter().flatten()) {
+        if c.name == names::INJECTOR_CONTAINER {
+            problems.push(Problem::new(
+                annotations::INJECT,
+                format!("container name {:?} is reserved by keyhole: rename the pod's container", c.name),
+            ));
+        }
+    }
     for v in spec.volumes.iter().flatten() {
         if RESERVED_VOLUMES.contains(&v.name.as_str()) {
             problems.push(Problem::new(
@@ -170,7 +202,7 @@ fn targets(spec: &InjectSpec, pod: &SpecView) -> Result<Vec<Target>, Problem> {
     let Some(wanted) = &spec.containers else {
         return Ok((0..pod.containers.len()).map(Target::App).collect());
     };
-    let inits = pod.init_containers.as_deref().unwrap_or_default();
+    let inits = pod.init_containers.as_ref().map_or(&[][..], |b| b.as_slice());
     let mut out = Vec::new();
     let mut unknown = Vec::new();
     for name in wanted {
@@ -203,16 +235,36 @@ struct Identity {
     run_as_group: Option<i64>,
 }
 
-/// The injector writes as the app does: the first target's UID/GID, else the pod's.
-/// Root is never inherited: the injector then runs as its image's non-root user.
-fn identity(pod: &SpecView, targets: &[Target]) -> Identity {
-    let container_sc = targets.first().and_then(|t| t.container(pod).security_context.as_ref());
+/// A container's effective UID and GID: its own security context, else the pod's.
+fn effective_ids(pod: &SpecView, c: Option<&ContainerView>) -> (Option<i64>, Option<i64>) {
+    let container_sc = c.and_then(|c| c.security_context.as_ref());
     let pod_sc = pod.security_context.as_ref();
     let user = container_sc.and_then(|s| s.run_as_user).or(pod_sc.and_then(|s| s.run_as_user));
     let group = container_sc.and_then(|s| s.run_as_group).or(pod_sc.and_then(|s| s.run_as_group));
+    (user, group)
+}
+
+/// The injector writes as the app does: the first target's UID/GID, else the pod's.
+/// Root is never inherited: the injector then runs as its image's non-root user,
+/// set explicitly, since a pod-level `runAsUser: 0` would otherwise reach it and
+/// the kubelet refuses a root container that says `runAsNonRoot`.
+fn identity(pod: &SpecView, targets: &[Target]) -> Identity {
+    let (user, group) = effective_ids(pod, targets.first().map(|t| t.container(pod)));
+    let group = group.filter(|g| *g != 0);
     match user {
-        Some(0) | None => Identity::default(),
-        Some(uid) => Identity { run_as_user: Some(uid), run_as_group: group.filter(|g| *g != 0) },
+        None => Identity::default(),
+        Some(0) => Identity { run_as_user: Some(INJECTOR_UID), run_as_group: Some(INJECTOR_UID) },
+        Some(uid) => Identity { run_as_user: Some(uid), run_as_group: group },
+    }
+}
+
+/// Whether every target container runs as one known, non-root UID: only then
+/// can the files be `0400` (owner-only) and still readable by all of them.
+fn one_uid(pod: &SpecView, targets: &[Target]) -> bool {
+    let mut uids = targets.iter().map(|t| effective_ids(pod, Some(t.container(pod))).0);
+    match uids.next() {
+        Some(Some(first)) if first != 0 => uids.all(|u| u == Some(first)),
+        _ => false,
     }
 }
 

@@ -7,13 +7,11 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use keyhole_contract::{Problems, WorkloadKind};
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
+use keyhole_contract::{Problems, WorkloadKind, names};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -21,14 +19,26 @@ use tracing::{info, warn};
 use crate::App;
 use crate::metrics::{EndpointLabels, ReviewLabels};
 use crate::mutate::{Mutation, mutate};
-use crate::slim::{PodView, SlimRequest, SlimReview};
+use crate::slim::{PodView, SlimRequest, SlimReview, WorkloadView};
 
-/// The API server sends objects of at most ~3 MiB (old and new in one review).
-pub const MAX_BODY: usize = 4 << 20;
+/// The largest review keyhole reads. The API server takes request bodies of at
+/// most 3 MiB (`MaxRequestBodyBytes`) and stores objects of at most 1.5 MiB
+/// (etcd's default); a review carries the object as JSON (which can be larger
+/// than the protobuf a client sent) and, on UPDATE, the stored old object too:
+/// 3 + 1.5 MiB plus the envelope, with room to spare, is 6 MiB.
+pub const MAX_BODY: usize = 6 << 20;
+/// Reviews up to this size (by Content-Length) take the ordinary lane; larger
+/// ones, and bodies of unknown length, wait for one of the few large slots, so
+/// a flood of huge reviews can neither exhaust memory nor queue ahead of
+/// ordinary ones. A pod of 100 containers is under 100 KiB.
+pub const SMALL_BODY: usize = 512 << 10;
+/// The longest denial keyhole sends: `kubectl` shows it whole, and a message
+/// built from what a review holds must not grow with it.
+pub const MAX_MESSAGE: usize = 4096;
 
-pub async fn mutate_handler(State(app): State<Arc<App>>, body: Body) -> Response {
+pub async fn mutate_handler(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
-    let response = match read::<SlimReview>(body).await {
+    let response = match read::<SlimReview>(&app, &headers, body).await {
         Err(resp) => resp,
         Ok(SlimReview { request: None }) => no_request(),
         Ok(SlimReview { request: Some(req) }) => review_pod(&app, req),
@@ -37,12 +47,12 @@ pub async fn mutate_handler(State(app): State<Arc<App>>, body: Body) -> Response
     response
 }
 
-pub async fn validate_handler(State(app): State<Arc<App>>, body: Body) -> Response {
+pub async fn validate_handler(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
-    let response = match read::<AdmissionReview<DynamicObject>>(body).await.map(AdmissionReview::try_into) {
+    let response = match read::<SlimReview<WorkloadView>>(&app, &headers, body).await {
         Err(resp) => resp,
-        Ok(Err(_)) => no_request(),
-        Ok(Ok(req)) => review_workload(&app, &req),
+        Ok(SlimReview { request: None }) => no_request(),
+        Ok(SlimReview { request: Some(req) }) => review_workload(&app, req),
     };
     app.metrics.latency.get_or_create(&EndpointLabels { endpoint: "validate" }).observe(start.elapsed().as_secs_f64());
     response
@@ -86,20 +96,44 @@ fn pod_label(pod: &PodView) -> String {
     }
 }
 
-async fn read<T: DeserializeOwned>(body: Body) -> Result<T, Response> {
-    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|_| bad_request(format!("the body is unreadable or larger than {MAX_BODY} bytes")))?;
-    // serde's messages can quote the input, which may hold env values: report
-    // only where the JSON went wrong.
-    serde_json::from_slice(&bytes).map_err(|e| {
-        bad_request(format!(
-            "not an AdmissionReview: {:?} error at line {} column {}",
-            e.classify(),
-            e.line(),
-            e.column()
-        ))
-    })
+/// Reads and parses one review within the app's budget: a slot of the right
+/// lane (waited for, as the reading itself, within the request deadline) and
+/// at most [`MAX_BODY`] bytes, or [`SMALL_BODY`] for the ordinary lane.
+async fn read<T: DeserializeOwned>(app: &App, headers: &HeaderMap, body: Body) -> Result<T, Response> {
+    let length =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if length.is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    let small = length.is_some_and(|n| n <= SMALL_BODY);
+    let work = async {
+        let _slot = app.slots.acquire().await.expect("the semaphore is never closed");
+        let _large =
+            if small { None } else { Some(app.large_slots.acquire().await.expect("the semaphore is never closed")) };
+        let bytes: Bytes =
+            axum::body::to_bytes(body, if small { SMALL_BODY } else { MAX_BODY }).await.map_err(|_| too_large())?;
+        // serde's messages can quote the input, which may hold env values: report
+        // only where the JSON went wrong.
+        serde_json::from_slice(&bytes).map_err(|e| {
+            bad_request(format!(
+                "not an AdmissionReview: {:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })
+    };
+    match tokio::time::timeout(app.limits.request_timeout, work).await {
+        Ok(result) => result,
+        Err(_) => {
+            warn!(timeout = ?app.limits.request_timeout, "an admission request was not read in time");
+            Err((StatusCode::REQUEST_TIMEOUT, "the review was not received in time").into_response())
+        }
+    }
+}
+
+fn too_large() -> Response {
+    bad_request(format!("the body is unreadable or larger than {MAX_BODY} bytes"))
 }
 
 fn no_request() -> Response {
@@ -168,8 +202,18 @@ fn deny(uid: &str, message: String) -> Answer<'_> {
     }
 }
 
+/// `request.kind` as a metric label: one of a fixed set, never the request's
+/// own string, so no review can add a time series.
+fn kind_label(kind: &str) -> &'static str {
+    match WorkloadKind::from_api_kind(kind) {
+        Some(k) => k.as_str(),
+        None if kind == "Pod" => "Pod",
+        None => "other",
+    }
+}
+
 fn count(app: &App, endpoint: &'static str, kind: &str, outcome: &'static str) {
-    app.metrics.reviews.get_or_create(&ReviewLabels { endpoint, kind: kind.to_owned(), outcome }).inc();
+    app.metrics.reviews.get_or_create(&ReviewLabels { endpoint, kind: kind_label(kind), outcome }).inc();
 }
 
 fn review_pod(app: &App, req: SlimRequest) -> Response {
@@ -177,7 +221,7 @@ fn review_pod(app: &App, req: SlimRequest) -> Response {
     let who = Who {
         endpoint: "mutate",
         uid: &uid,
-        kind: &kind.kind,
+        kind: kind_label(&kind.kind),
         namespace: namespace.as_deref().unwrap_or(""),
         name: pod.as_ref().map(pod_label).unwrap_or_default(),
         operation: &operation,
@@ -188,6 +232,12 @@ fn review_pod(app: &App, req: SlimRequest) -> Response {
         who.log("skipped", &"no object");
         return respond(allow(&uid));
     };
+    let pod_id = format!("pod {}/{}", who.namespace, who.name);
+    if let Some(why) = pod.over_limits() {
+        count(app, "mutate", who.kind, "invalid");
+        who.log("invalid", &why);
+        return respond(deny(&uid, message(format!("keyhole: {pod_id}: {why}"))));
+    }
     match mutate(&pod, &app.config) {
         Ok(Mutation::Skip(why)) => {
             count(app, "mutate", who.kind, "skipped");
@@ -219,81 +269,126 @@ fn review_pod(app: &App, req: SlimRequest) -> Response {
         Err(problems) => {
             count(app, "mutate", who.kind, "denied");
             who.log("denied", &problems);
-            let pod_id = format!("pod {}/{}", who.namespace, who.name);
             respond(deny(&uid, denial(&pod_id, &problems)))
         }
     }
 }
 
-/// The message `kubectl apply` shows. It names the object, then every problem.
+/// The message `kubectl apply` shows. It names the object, then the problems
+/// (at most [`Problems::SHOWN`] of them), in at most [`MAX_MESSAGE`] bytes.
 pub fn denial(who: &str, problems: &Problems) -> String {
-    format!("keyhole: {who}: {problems}")
+    message(format!("keyhole: {who}: {problems}"))
 }
 
-fn review_workload(app: &App, req: &AdmissionRequest<DynamicObject>) -> Response {
-    let kind = req.kind.kind.as_str();
-    let name = req.object.as_ref().and_then(|o| o.metadata.name.clone().or(o.metadata.generate_name.clone()));
+fn message(mut text: String) -> String {
+    if text.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE - 40;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = text.len() - end;
+        text.truncate(end);
+        text.push_str(&format!(" … ({cut} more bytes)"));
+    }
+    text
+}
+
+fn review_workload(app: &App, req: SlimRequest<WorkloadView>) -> Response {
+    let SlimRequest { uid, kind, namespace, operation, dry_run, object } = req;
+    let kind = kind.kind;
+    let name = object.as_ref().and_then(|o| o.metadata.name.clone().or(o.metadata.generate_name.clone()));
     let who = Who {
         endpoint: "validate",
-        uid: &req.uid,
-        kind,
-        namespace: req.namespace.as_deref().unwrap_or(""),
+        uid: &uid,
+        kind: kind_label(&kind),
+        namespace: namespace.as_deref().unwrap_or(""),
         name: name.unwrap_or_default(),
-        operation: match req.operation {
-            Operation::Create => "CREATE",
-            Operation::Update => "UPDATE",
-            Operation::Delete => "DELETE",
-            Operation::Connect => "CONNECT",
-        },
-        dry_run: req.dry_run,
+        operation: &operation,
+        dry_run,
     };
-    let Some(obj) = req.object.as_ref() else {
-        count(app, "validate", kind, "skipped");
+    let Some(obj) = object else {
+        count(app, "validate", &kind, "skipped");
         who.log("skipped", &"no object");
-        return respond(allow(&req.uid));
+        return respond(allow(&uid));
     };
-    let id = format!("{} {}/{}", kind, req.namespace.as_deref().unwrap_or(""), who.name);
-    let Some(workload) = WorkloadKind::from_api_kind(kind) else {
-        count(app, "validate", kind, "skipped");
+    let id = format!("{} {}/{}", who.kind, who.namespace, who.name);
+    if kind == "Pod" {
+        return review_ephemeral(app, &who, &id, &obj);
+    }
+    let Some(workload) = WorkloadKind::from_api_kind(&kind) else {
+        count(app, "validate", &kind, "skipped");
         who.log("skipped", &"not a workload keyhole checks");
-        return respond(allow(&req.uid));
+        return respond(allow(&uid));
     };
-    let name = obj.metadata.name.as_deref().unwrap_or_default();
-    let pod = match workload_pod(workload, name, &obj.data) {
-        Ok(pod) => pod,
-        Err(e) => {
-            count(app, "validate", kind, "invalid");
-            who.log("invalid", &e);
-            return respond(deny(&req.uid, format!("keyhole: {id}: cannot read the pod template: {e}")));
-        }
-    };
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let pod = template_pod(workload, &name, obj.into_template(workload));
+    if let Some(why) = pod.over_limits() {
+        count(app, "validate", &kind, "invalid");
+        who.log("invalid", &why);
+        return respond(deny(&uid, message(format!("keyhole: {id}: pod template: {why}"))));
+    }
     match mutate(&pod, &app.config) {
         Ok(_) => {
-            count(app, "validate", kind, "allowed");
+            count(app, "validate", &kind, "allowed");
             who.log("allowed", &"");
-            respond(allow(&req.uid))
+            respond(allow(&uid))
         }
         Err(problems) => {
-            count(app, "validate", kind, "denied");
+            count(app, "validate", &kind, "denied");
             who.log("denied", &problems);
-            respond(deny(&req.uid, denial(&format!("{id}: pod template"), &problems)))
+            respond(deny(&uid, denial(&format!("{id}: pod template"), &problems)))
         }
     }
 }
 
-/// The pod a workload would create, read from its template (`object` is the
-/// workload as JSON), with a stand-in controller reference so the same checks
-/// run as for its real pods.
-pub fn workload_pod(kind: WorkloadKind, name: &str, object: &serde_json::Value) -> Result<PodView, serde_json::Error> {
-    let mut pod = PodView::deserialize(kind.template_in(object))?;
+/// `pods/ephemeralcontainers`: `kubectl debug` must not hand keyhole's tokens
+/// (the backend's or the API server's) to whoever debugs the pod.
+fn review_ephemeral(app: &App, who: &Who<'_>, id: &str, pod: &WorkloadView) -> Response {
+    let ephemeral = pod.spec.as_ref().and_then(|s| s.ephemeral_containers.as_ref());
+    let mut bad = Vec::new();
+    for c in ephemeral.into_iter().flatten() {
+        for m in c.volume_mounts.iter().flatten() {
+            if [names::TOKEN_VOLUME, names::API_TOKEN_VOLUME].contains(&m.name.as_str()) {
+                bad.push(format!(
+                    "ephemeral container {:?} mounts {:?}, keyhole's backend credentials, which only keyhole's injector may mount: debug without that volume mount",
+                    c.name, m.name
+                ));
+            }
+        }
+    }
+    if ephemeral.is_some_and(|e| e.total > crate::slim::MAX_ENTRIES) {
+        bad.push(format!("spec.ephemeralContainers has more than {} entries", crate::slim::MAX_ENTRIES));
+    }
+    if bad.is_empty() {
+        count(app, "validate", "Pod", "allowed");
+        who.log("allowed", &"ephemeral containers");
+        return respond(allow(who.uid));
+    }
+    count(app, "validate", "Pod", "denied");
+    let text = message(format!("keyhole: {id}: {}", bad.join("; ")));
+    who.log("denied", &text);
+    respond(deny(who.uid, text))
+}
+
+/// The pod a workload would create, from its template, with a stand-in
+/// controller reference so the same checks run as for its real pods.
+pub fn template_pod(kind: WorkloadKind, name: &str, mut pod: PodView) -> PodView {
     let owner = kind.pod_owner();
-    pod.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: owner.api_version().into(),
-        kind: owner.as_str().into(),
-        name: name.to_owned(),
-        uid: String::new(),
-        controller: Some(true),
-        block_owner_deletion: None,
-    }]);
-    Ok(pod)
+    pod.metadata.owner_references = Some(
+        vec![OwnerReference {
+            api_version: owner.api_version().into(),
+            kind: owner.as_str().into(),
+            name: name.to_owned(),
+            uid: String::new(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }]
+        .into(),
+    );
+    pod
+}
+
+/// [`template_pod`] for a workload read as JSON (`render`'s files).
+pub fn workload_pod(kind: WorkloadKind, name: &str, object: &serde_json::Value) -> Result<PodView, serde_json::Error> {
+    Ok(template_pod(kind, name, PodView::deserialize(kind.template_in(object))?))
 }

@@ -11,14 +11,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use k8s_openapi::api::core::v1::Pod;
-use keyhole_webhook::metrics::Metrics;
-use keyhole_webhook::{App, Config};
+use keyhole_webhook::App;
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{Value, json};
-use tower::ServiceExt;
+
+mod common;
+use common::{review, send};
 
 fn main() {
     let mut trials: Vec<Trial> = cases()
@@ -36,7 +36,7 @@ fn main() {
     }));
     trials.push(Trial::test("the_golden_cases_are_all_there", || {
         let n = cases().len();
-        if n < 23 { Err(format!("only {n} golden cases").into()) } else { Ok(()) }
+        if n < 28 { Err(format!("only {n} golden cases").into()) } else { Ok(()) }
     }));
     libtest_mimic::run(&Arguments::from_args(), trials).exit();
 }
@@ -62,39 +62,7 @@ fn dir() -> PathBuf {
 }
 
 fn app() -> Arc<App> {
-    let config = Config::parse(&std::fs::read_to_string(dir().join("config.yaml")).unwrap()).unwrap();
-    App::new(config, Arc::new(Metrics::default()))
-}
-
-fn review(pod: &Value, uid: &str) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": pod["metadata"]["name"].as_str().unwrap_or(""),
-            "namespace": pod["metadata"]["namespace"],
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller", "groups": ["system:serviceaccounts"]},
-            "object": pod,
-            "oldObject": null,
-            "dryRun": false,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
-        }
-    })
-}
-
-/// Sends one review; returns the response object.
-async fn send(app: &Arc<App>, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-    let req = Request::post(path).header("content-type", "application/json").body(Body::from(body)).unwrap();
-    let resp = keyhole_webhook::router(app.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    (status, bytes.to_vec())
+    common::golden_app()
 }
 
 async fn admit(app: &Arc<App>, pod: &Value) -> Value {

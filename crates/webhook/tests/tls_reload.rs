@@ -9,31 +9,12 @@ use std::time::Duration;
 
 use keyhole_webhook::metrics::Metrics;
 use keyhole_webhook::tls::CertStore;
-use keyhole_webhook::{App, Config};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
+use keyhole_webhook::{App, Config, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca() -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key).unwrap();
-    Ca { pem: cert.pem(), issuer: Issuer::new(params, key) }
-}
-
-/// A leaf for 127.0.0.1: (cert PEM, key PEM, cert DER).
-fn leaf(ca: &Ca) -> (String, String, Vec<u8>) {
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
-}
+mod common;
+use common::{ca, handshake, leaf};
 
 /// Writes `..<ts>/tls.{crt,key}` and points `..data` at it by an atomic rename,
 /// as the kubelet's AtomicWriter does.
@@ -53,21 +34,6 @@ fn kubelet_write(dir: &Path, ts: &str, cert: &str, key: &str) {
     }
 }
 
-async fn handshake(addr: std::net::SocketAddr, ca_pem: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    connector.connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
-}
-
 fn peer_der(s: &tokio_rustls::client::TlsStream<TcpStream>) -> Vec<u8> {
     s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
@@ -78,8 +44,6 @@ async fn healthz(s: &mut tokio_rustls::client::TlsStream<TcpStream>) -> String {
     let n = s.read(&mut buf).await.unwrap();
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
-
-use rustls::pki_types::pem::PemObject;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_swapped_through_data_symlink_is_served_and_broken_files_keep_the_last_good() {
@@ -92,7 +56,8 @@ async fn certificate_swapped_through_data_symlink_is_served_and_broken_files_kee
     let certs = CertStore::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key"), metrics.clone()).unwrap();
     certs.spawn_reloader(Duration::from_millis(50));
     let config = Config::parse("injector: {image: x}\nstores: {}\n").unwrap();
-    let app = App::new(config, metrics.clone());
+    let limits = Limits { shutdown_grace: Duration::from_millis(100), ..Limits::default() };
+    let app = App::with_limits(config, metrics.clone(), limits);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -279,3 +279,114 @@ pub async fn webhook(config_yaml: &str) -> Result<()> {
     );
     Ok(())
 }
+
+/// Issue 11's attack: an opted-in pod of 330,000 containers `{"name":""}`
+/// (about 4 MB), its `request.kind` a placeholder of [`KIND_SLOT`] bytes that
+/// each request overwrites with a value of its own.
+fn hostile_review() -> (Vec<u8>, usize) {
+    let containers: Vec<Value> = (0..330_000).map(|_| json!({"name": ""})).collect();
+    let pod = json!({
+        "metadata": {"name": "flood", "namespace": "shop",
+                     "annotations": {"keyhole.dev/inject": "true", "keyhole.dev/secret-x": "secret/shop/x#y"}},
+        "spec": {"containers": containers}
+    });
+    let mut review: Value = serde_json::from_slice(&review_body(&pod)).expect("a review");
+    review["request"]["kind"]["kind"] = json!("K".repeat(KIND_SLOT));
+    let body = serde_json::to_vec(&review).expect("serializes");
+    let at = body.windows(KIND_SLOT).position(|w| w.iter().all(|b| *b == b'K')).expect("the slot");
+    (body, at)
+}
+
+const KIND_SLOT: usize = 16;
+
+/// The hostile-load run: 32 connections send the 4 MB review back to back
+/// (each with a `request.kind` never seen before) for `secs`, while another
+/// client sends ordinary reviews at 200/s. A fresh server, pinned to core 0,
+/// so its peak RSS is this run's.
+pub async fn hostile(config_yaml: &str, secs: u64) -> Result<()> {
+    let hook = Webhook::start(config_yaml).await?;
+    let pid = hook.proc.pid().unwrap_or_default();
+    let pinned = std::process::Command::new("taskset").args(["-a", "-cp", "0", &pid.to_string()]).output()?;
+    ensure!(pinned.status.success(), "taskset: {}", String::from_utf8_lossy(&pinned.stderr));
+    // The load generator (this process) on core 1.
+    let me = std::process::id().to_string();
+    let _ = std::process::Command::new("taskset").args(["-a", "-cp", "1", &me]).output();
+    let (flood, slot) = hostile_review();
+    println!(
+        "## hostile load: 32 connections of {:.1} MB reviews (330,000 containers, unique request.kind) for {secs} s, ordinary reviews at 200/s beside them",
+        flood.len() as f64 / 1e6
+    );
+    let flood = Arc::new(flood);
+    let url = format!("{}/mutate", hook.url);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut floods = Vec::new();
+    for c in 0..32u64 {
+        let client = client(&hook)?;
+        let (flood, url, stop, sent, answered) =
+            (flood.clone(), url.clone(), stop.clone(), sent.clone(), answered.clone());
+        floods.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut body = flood.as_ref().clone();
+                body[slot..slot + KIND_SLOT].copy_from_slice(format!("K{c:03}{n:012}").as_bytes());
+                n += 1;
+                sent.fetch_add(1, Ordering::Relaxed);
+                // Refused (200 with allowed: false), or timed out waiting: both are
+                // the server holding on; only the ordinary reviews must not fail.
+                if let Ok(r) = client.post(&url).header("content-type", "application/json").body(body).send().await
+                    && r.bytes().await.is_ok()
+                {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let normal = Arc::new(review_body(&typical_pod()));
+    let client = client(&hook)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let mut tasks = Vec::new();
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        tick.tick().await;
+        let (client, url, body) = (client.clone(), url.clone(), normal.clone());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            one(&client, &url, &body).await.map(|()| t.elapsed())
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(d) => lat.push(d.as_secs_f64() * 1000.0),
+            Err(_) => errors += 1,
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for f in floods {
+        f.abort();
+    }
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+    };
+    let peak = rss_kib(pid, "VmHWM:") as f64 / 1024.0;
+    let metrics = hook.metrics().await?;
+    let series = metrics.lines().filter(|l| l.starts_with("keyhole_webhook_admission_reviews_total{")).count();
+    println!(
+        "flood: {} reviews sent, {} answered; ordinary reviews: {} ok, {errors} errors, p50 {:.2} ms, p99 {:.2} ms",
+        sent.load(Ordering::Relaxed),
+        answered.load(Ordering::Relaxed),
+        lat.len(),
+        pct(0.5),
+        pct(0.99)
+    );
+    println!("webhook peak RSS {peak:.1} MB; review counter series after the flood: {series}");
+    println!(
+        "targets: peak RSS < 100 MB ({peak:.1}), ordinary p99 < 50 ms ({:.2}), 0 errors ({errors}), series bounded ({series})",
+        pct(0.99)
+    );
+    Ok(())
+}

@@ -101,6 +101,8 @@ impl Webhook {
                 format!("--listen=127.0.0.1:{port}"),
                 format!("--metrics-listen=127.0.0.1:{metrics_port}"),
                 "--cert-reload-seconds=1".into(),
+                // Tests stop many webhooks; the grace period is tested in limits.rs.
+                "--shutdown-grace=200ms".into(),
             ],
             &[("KEYHOLE_LOG", "info".into())],
             dir.path(),

@@ -20,6 +20,8 @@ fn main() {
         pods_that_did_not_opt_in_never_reach_the_webhook,
         bad_reference_is_refused_at_create_with_the_message,
         with_the_webhook_down_opted_in_pods_are_refused_and_others_still_start,
+        with_the_webhook_down_only_template_changes_are_blocked,
+        debug_containers_may_not_mount_the_backend_token,
         manifests_pass_server_side_dry_run,
         sigterm_drains_and_exits_cleanly,
     ]);
@@ -191,6 +193,97 @@ async fn with_the_webhook_down_opted_in_pods_are_refused_and_others_still_start(
     Webhook::unregister(bed, &name).await?;
     result?;
     plain.context("a pod that did not opt in was blocked by a webhook that is down")?;
+    Ok(())
+}
+
+/// The validating webhook's matchConditions: with it down (failurePolicy Fail),
+/// a changed template is refused (the control), while label updates, the
+/// rotation controller's roll and a foreground deletion (the garbage
+/// collector's finalizer updates) all go through.
+async fn with_the_webhook_down_only_template_changes_are_blocked(bed: &Bed) -> Result<()> {
+    let ns = bed.namespace("validate-down").await?;
+    let mut second = Webhook::start(&config_yaml(bed)).await?;
+    let name = format!("keyhole-{ns}");
+    second.register(bed, &name, Some(&ns)).await?;
+    let api: Api<Deployment> = Api::namespaced(bed.client.clone(), &ns);
+    let d = deployment(
+        "web",
+        json!({"keyhole.dev/inject": "true", "keyhole.dev/role": "app", "keyhole.dev/secret-db": "secret/shop/db#password"}),
+    )?;
+    api.create(&PostParams::default(), &d).await.context("while the webhook is up")?;
+    second.proc.stop(Duration::from_secs(5));
+
+    let outcome = async {
+        let merge = |v: serde_json::Value| kube::api::Patch::Merge(v);
+        let pp = kube::api::PatchParams::default();
+        let changed =
+            api.patch("web", &pp, &merge(json!({"spec": {"template": {"metadata": {"labels": {"v": "2"}}}}}))).await;
+        match changed {
+            Ok(_) => bail!("a changed template was admitted with the validating webhook down"),
+            Err(e) if e.to_string().contains("failed calling webhook") => {}
+            Err(e) => bail!("refused, but not by the webhook call: {e}"),
+        }
+        api.patch("web", &pp, &merge(json!({"metadata": {"labels": {"team": "shop"}}})))
+            .await
+            .context("a label update was blocked by a webhook that is down")?;
+        let roll = r#"{"spec":{"template":{"metadata":{"annotations":{"keyhole.dev/versions":"db=2"}}}}}"#;
+        bed.kubectl(&[
+            "-n",
+            &ns,
+            "patch",
+            "deployment",
+            "web",
+            "--type=merge",
+            "-p",
+            roll,
+            "--as=system:serviceaccount:keyhole-system:keyhole-rotation",
+            "--as-group=system:masters",
+        ])
+        .await
+        .context("the rotation controller's roll was blocked by a webhook that is down")?;
+        bed.kubectl(&["-n", &ns, "delete", "deployment", "web", "--cascade=foreground", "--timeout=60s"])
+            .await
+            .context("a foreground deletion was blocked by a webhook that is down")?;
+        wait_until("the Deployment deleted", Duration::from_secs(30), || async {
+            matches!(api.get_opt("web").await, Ok(None))
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    Webhook::unregister(bed, &name).await?;
+    outcome
+}
+
+/// `kubectl debug` (the `pods/ephemeralcontainers` subresource) may add a
+/// container to an injected pod, but not one that mounts keyhole's token.
+async fn debug_containers_may_not_mount_the_backend_token(bed: &Bed) -> Result<()> {
+    hook(bed).await?;
+    let ns = bed.namespace("debug").await?;
+    let api: Api<Pod> = Api::namespaced(bed.client.clone(), &ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "app", "annotations": {
+            "keyhole.dev/inject": "true", "keyhole.dev/role": "app", "keyhole.dev/secret-a": "secret/a#b"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
+    }))?;
+    api.create(&PostParams::default(), &pod).await?;
+    let debug = |n: &str, mount: Option<&str>| {
+        let mounts: Vec<_> = mount.map(|m| json!({"name": m, "mountPath": "/x"})).into_iter().collect();
+        kube::api::Patch::Strategic(json!({"spec": {"ephemeralContainers": [
+            {"name": n, "image": "registry.example/busybox:1", "volumeMounts": mounts}]}}))
+    };
+    let pp = kube::api::PatchParams::default();
+    let stolen = api.patch_ephemeral_containers("app", &pp, &debug("thief", Some(names::TOKEN_VOLUME))).await;
+    let msg = match stolen {
+        Ok(_) => bail!("an ephemeral container mounting {} was admitted", names::TOKEN_VOLUME),
+        Err(e) => e.to_string(),
+    };
+    ensure!(msg.contains("ephemeral container \"thief\" mounts \"keyhole-token\""), "{msg}");
+    // Control: a debug container without the mount is added.
+    api.patch_ephemeral_containers("app", &pp, &debug("debugger", None)).await.context("a plain debug container")?;
+    let got = api.get("app").await?;
+    let names: Vec<_> = got.spec.and_then(|s| s.ephemeral_containers).into_iter().flatten().map(|c| c.name).collect();
+    ensure!(names == ["debugger"], "{names:?}");
     Ok(())
 }
 
