@@ -25,6 +25,7 @@ fn main() {
     keyhole_testbed::harness::run_on_node_installed(e2e_tests![
         a_pod_runs_on_the_node_with_a_pod_ip,
         files_output_the_app_reads_its_values_from_tmpfs_as_its_own_uid,
+        a_pod_running_as_root_gets_an_injector_the_kubelet_runs,
         a_missing_secret_keeps_the_pod_in_init_error_with_the_reason_in_describe,
         secret_output_the_app_env_holds_the_values_through_env_from,
         rotation_a_new_version_rolls_the_deployment_to_completion,
@@ -137,6 +138,72 @@ echo "fs=$fs mode=$(stat -L -c %a $d/db_password) owner=$(stat -L -c %u $d/db_pa
     let ini = format!("[db]\npassword = {pw}");
     let want = format!("fs=tmpfs mode=400 owner=1000 uid=1000 pw={} ini={}", sha256(&pw), sha256(&ini));
     ensure!(msg.trim() == want, "the app saw\n  {}\nnot\n  {want}", msg.trim());
+    Ok(())
+}
+
+/// A pod-level `runAsUser: 0` used to reach the injector, which says
+/// `runAsNonRoot: true`: the kubelet refused it (CreateContainerConfigError) and
+/// the pod never started. The injector now runs as 65532 and the files are 0444.
+async fn a_pod_running_as_root_gets_an_injector_the_kubelet_runs(bed: &Bed) -> Result<()> {
+    let ns = vault_namespace(bed, "node-root").await?;
+    let pw = secret("node-root-pw");
+    bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"password": pw}}))).await?;
+    let report = r#"f=/keyhole/secrets/pw
+echo "mode=$(stat -L -c %a $f) owner=$(stat -L -c %u $f) uid=$(id -u) pw=$(sha256sum < $f | cut -d' ' -f1)" > /dev/termination-log"#;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": "root",
+            "annotations": {
+                "keyhole.dev/inject": "true",
+                "keyhole.dev/role": ns,
+                "keyhole.dev/secret-pw": format!("secret/{ns}/db#password"),
+            },
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {"runAsUser": 0, "runAsGroup": 0},
+            "containers": [{
+                "name": "app",
+                "image": image::APP_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["sh", "-c", report],
+            }],
+        }
+    }))?;
+    Api::<Pod>::namespaced(bed.client.clone(), &ns).create(&PostParams::default(), &pod).await?;
+    let p = bed.wait_pod(&ns, "root", "succeed", Duration::from_secs(60), |p| phase(p) == "Succeeded").await?;
+    let (_, msg) = terminated(&p, "app", false).context("app not terminated")?;
+    leaks::scan("the app's report", &msg)?;
+    let want = format!("mode=444 owner=65532 uid=0 pw={}", sha256(&pw));
+    ensure!(msg.trim() == want, "the app saw\n  {}\nnot\n  {want}", msg.trim());
+
+    // Control: the injector as it was (no UID of its own, runAsNonRoot) in the
+    // same pod is refused by the kubelet.
+    let old: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "old-shape"},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {"runAsUser": 0, "runAsGroup": 0},
+            "initContainers": [{
+                "name": "injector-as-before",
+                "image": image::APP_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["true"],
+                "securityContext": {"runAsNonRoot": true},
+            }],
+            "containers": [{"name": "app", "image": image::APP_IMAGE, "imagePullPolicy": "Never", "command": ["true"]}],
+        }
+    }))?;
+    Api::<Pod>::namespaced(bed.client.clone(), &ns).create(&PostParams::default(), &old).await?;
+    bed.wait_pod(&ns, "old-shape", "be refused by the kubelet", Duration::from_secs(60), |p| {
+        p.status.iter().flat_map(|s| s.init_container_statuses.iter().flatten()).any(|c| {
+            c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref())
+                == Some("CreateContainerConfigError")
+        })
+    })
+    .await?;
     Ok(())
 }
 
