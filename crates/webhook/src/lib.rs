@@ -54,6 +54,11 @@ pub struct Limits {
     /// Reviews larger than [`review::SMALL_BODY`] read at once: with
     /// [`review::MAX_BODY`] each, what bounds the memory a flood can take.
     pub max_large_in_flight: usize,
+    /// Bytes of large reviews read per second, all together. The slots bound
+    /// the memory a flood of huge reviews can take; this bounds the CPU, so
+    /// ordinary reviews keep their latency while it lasts. Pods over
+    /// [`review::SMALL_BODY`] are rare: 48 MiB/s is a dozen of the largest a second.
+    pub large_bytes_per_second: usize,
     /// After SIGTERM: how long the server answers, not ready, before it stops
     /// accepting, so the Service's endpoints drop it first.
     pub shutdown_grace: Duration,
@@ -69,6 +74,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_in_flight: 256,
             max_large_in_flight: 2,
+            large_bytes_per_second: 48 << 20,
             shutdown_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(15),
         }
@@ -82,6 +88,7 @@ pub struct App {
     ready: AtomicBool,
     slots: Semaphore,
     large_slots: Semaphore,
+    large_budget: tokio::sync::Mutex<Bucket>,
 }
 
 impl App {
@@ -96,6 +103,7 @@ impl App {
             ready: AtomicBool::new(true),
             slots: Semaphore::new(limits.max_in_flight),
             large_slots: Semaphore::new(limits.max_large_in_flight),
+            large_budget: tokio::sync::Mutex::new(Bucket::new(limits.large_bytes_per_second)),
             limits,
         })
     }
@@ -107,6 +115,42 @@ impl keyhole_admin::Admin for App {
     }
     fn ready(&self) -> Result<(), &'static str> {
         if self.ready.load(Ordering::Relaxed) { Ok(()) } else { Err("draining") }
+    }
+}
+
+/// A token bucket of bytes: a burst of one largest review, then `rate` a second.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    fn new(rate: usize) -> Bucket {
+        Bucket { rate: rate.max(1) as f64, tokens: review::MAX_BODY as f64, at: std::time::Instant::now() }
+    }
+
+    /// Waits until `bytes` may be read, then takes them.
+    async fn take(&mut self, bytes: usize) {
+        let now = std::time::Instant::now();
+        let cap = (review::MAX_BODY as f64).max(self.rate);
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(cap);
+        self.at = now;
+        let bytes = bytes as f64;
+        if self.tokens < bytes {
+            let wait = Duration::from_secs_f64((bytes - self.tokens) / self.rate);
+            tokio::time::sleep(wait).await;
+            self.tokens = bytes;
+            self.at = std::time::Instant::now();
+        }
+        self.tokens -= bytes;
+    }
+}
+
+impl App {
+    /// Waits for the bytes of one large review within [`Limits::large_bytes_per_second`].
+    pub(crate) async fn large_budget(&self, bytes: usize) {
+        self.large_budget.lock().await.take(bytes).await;
     }
 }
 

@@ -110,6 +110,9 @@ async fn read<T: DeserializeOwned>(app: &App, headers: &HeaderMap, body: Body) -
         let _slot = app.slots.acquire().await.expect("the semaphore is never closed");
         let _large =
             if small { None } else { Some(app.large_slots.acquire().await.expect("the semaphore is never closed")) };
+        if !small {
+            app.large_budget(length.unwrap_or(MAX_BODY)).await;
+        }
         let bytes: Bytes =
             axum::body::to_bytes(body, if small { SMALL_BODY } else { MAX_BODY }).await.map_err(|_| too_large())?;
         // serde's messages can quote the input, which may hold env values: report

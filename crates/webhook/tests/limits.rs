@@ -172,6 +172,30 @@ async fn huge_reviews_queue_for_their_slots_while_ordinary_ones_pass() {
     assert!(waited > Duration::from_millis(500), "{waited:?}");
 }
 
+/// Seven 1 MiB reviews against a budget of 1 MiB/s (a burst of 6 MiB): the
+/// seventh waits about a second; the control, the default budget, does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_reviews_share_a_byte_budget() {
+    let mut body = vec![b' '; (1 << 20) - review().len()];
+    body.extend_from_slice(&review());
+    for (rate, slow) in [(1 << 20, true), (Limits::default().large_bytes_per_second, false)] {
+        let server =
+            start(Limits { large_bytes_per_second: rate, request_timeout: Duration::from_secs(5), ..quick() }).await;
+        let mut s = handshake(server.addr, &server.ca).await;
+        let start = Instant::now();
+        for _ in 0..7 {
+            assert_eq!(exchange(&mut s, "POST", "/mutate", &body).await.unwrap().0, 200);
+        }
+        let took = start.elapsed();
+        assert_eq!(took > Duration::from_millis(800), slow, "{rate} B/s: {took:?}");
+        if slow {
+            let t = Instant::now();
+            assert!(admitted(&server).await);
+            assert!(t.elapsed() < Duration::from_millis(300), "an ordinary review was held by the budget");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_turns_not_ready_keeps_answering_then_drains() {
     let limits = Limits {

@@ -137,7 +137,11 @@ pub fn review(pod: &Value, uid: &str) -> Value {
 
 /// Sends one review through the router; the status and body of the answer.
 pub async fn send(app: &Arc<App>, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-    let req = Request::post(path).header("content-type", "application/json").body(Body::from(body)).unwrap();
+    let req = Request::post(path)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(Body::from(body))
+        .unwrap();
     let resp = keyhole_webhook::router(app.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
