@@ -112,8 +112,7 @@ echo "fs=$fs mode=$(stat -L -c %a $d/db_password) owner=$(stat -L -c %u $d/db_pa
             }],
         }
     }))?;
-    Api::<Pod>::namespaced(bed.client.clone(), &ns).create(&PostParams::default(), &pod).await?;
-    let p = bed.wait_pod(&ns, "files", "succeed", Duration::from_secs(60), |p| phase(p) == "Succeeded").await?;
+    let (p, msg) = app_report(bed, &ns, &pod).await?;
 
     let init: Vec<Value> = serde_json::to_value(&p.spec.as_ref().context("spec")?.init_containers)?
         .as_array()
@@ -133,12 +132,21 @@ echo "fs=$fs mode=$(stat -L -c %a $d/db_password) owner=$(stat -L -c %u $d/db_pa
     ensure!(code == 0, "the injector exited {code}");
     ensure!(injector_done <= istio_started, "istio-init started before keyhole's injector finished");
 
-    let (_, msg) = terminated(&p, "app", false).context("app not terminated")?;
-    leaks::scan("the app's report", &msg)?;
     let ini = format!("[db]\npassword = {pw}");
     let want = format!("fs=tmpfs mode=400 owner=1000 uid=1000 pw={} ini={}", sha256(&pw), sha256(&ini));
     ensure!(msg.trim() == want, "the app saw\n  {}\nnot\n  {want}", msg.trim());
     Ok(())
+}
+
+/// Creates `pod`, waits for it to succeed, and returns it with its app
+/// container's report (its termination message), scanned for leaks.
+async fn app_report(bed: &Bed, ns: &str, pod: &Pod) -> Result<(Pod, String)> {
+    let name = pod.metadata.name.clone().context("the pod's name")?;
+    Api::<Pod>::namespaced(bed.client.clone(), ns).create(&PostParams::default(), pod).await?;
+    let p = bed.wait_pod(ns, &name, "succeed", Duration::from_secs(60), |p| phase(p) == "Succeeded").await?;
+    let (_, msg) = terminated(&p, "app", false).context("app not terminated")?;
+    leaks::scan("the app's report", &msg)?;
+    Ok((p, msg))
 }
 
 /// A pod-level `runAsUser: 0` used to reach the injector, which says
@@ -171,10 +179,7 @@ echo "mode=$(stat -L -c %a $f) owner=$(stat -L -c %u $f) uid=$(id -u) pw=$(sha25
             }],
         }
     }))?;
-    Api::<Pod>::namespaced(bed.client.clone(), &ns).create(&PostParams::default(), &pod).await?;
-    let p = bed.wait_pod(&ns, "root", "succeed", Duration::from_secs(60), |p| phase(p) == "Succeeded").await?;
-    let (_, msg) = terminated(&p, "app", false).context("app not terminated")?;
-    leaks::scan("the app's report", &msg)?;
+    let (_, msg) = app_report(bed, &ns, &pod).await?;
     let want = format!("mode=444 owner=65532 uid=0 pw={}", sha256(&pw));
     ensure!(msg.trim() == want, "the app saw\n  {}\nnot\n  {want}", msg.trim());
 
