@@ -49,8 +49,11 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Open connections; past it the server stops accepting until one closes.
     pub max_connections: usize,
-    /// Reviews read or worked on at once.
-    pub max_in_flight: usize,
+    /// Bytes of reviews read or worked on at once, counted by Content-Length
+    /// (a large review counts as [`review::SMALL_BODY`] here: its own slots
+    /// bound it). With hyper's read buffer capped at [`READ_BUFFER`] a
+    /// connection, this is what bounds the webhook's memory.
+    pub max_in_flight_bytes: usize,
     /// Reviews larger than [`review::SMALL_BODY`] read at once: with
     /// [`review::MAX_BODY`] each, what bounds the memory a flood can take.
     pub max_large_in_flight: usize,
@@ -71,8 +74,8 @@ impl Default for Limits {
         Limits {
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
-            max_connections: 1024,
-            max_in_flight: 256,
+            max_connections: 512,
+            max_in_flight_bytes: 32 << 20,
             max_large_in_flight: 2,
             large_bytes_per_second: 48 << 20,
             shutdown_grace: Duration::from_secs(5),
@@ -101,7 +104,7 @@ impl App {
             config,
             metrics,
             ready: AtomicBool::new(true),
-            slots: Semaphore::new(limits.max_in_flight),
+            slots: Semaphore::new(limits.max_in_flight_bytes.div_ceil(1024).max(1)),
             large_slots: Semaphore::new(limits.max_large_in_flight),
             large_budget: tokio::sync::Mutex::new(Bucket::new(limits.large_bytes_per_second)),
             limits,
@@ -147,7 +150,18 @@ impl Bucket {
     }
 }
 
+/// hyper's read buffer per connection (its default is about 400 KiB): a TLS
+/// record's 16 KiB of plaintext and headers fit; bodies stream through it.
+pub const READ_BUFFER: usize = 32 << 10;
+
 impl App {
+    /// Waits until `bytes` more may be held in flight; released on drop.
+    pub(crate) async fn in_flight(&self, bytes: usize) -> tokio::sync::SemaphorePermit<'_> {
+        let total = self.limits.max_in_flight_bytes.div_ceil(1024).max(1);
+        let kib = bytes.div_ceil(1024).clamp(1, total) as u32;
+        self.slots.acquire_many(kib).await.expect("the semaphore is never closed")
+    }
+
     /// Waits for the bytes of one large review within [`Limits::large_bytes_per_second`].
     pub(crate) async fn large_budget(&self, bytes: usize) {
         self.large_budget.lock().await.take(bytes).await;
@@ -160,7 +174,21 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/mutate", post(review::mutate_handler))
         .route("/validate", post(review::validate_handler))
         .with_state(app.clone())
-        .merge(keyhole_admin::probes(app))
+        .merge(keyhole_admin::probes(app.clone()))
+        .layer(axum::middleware::map_response_with_state(app, close_when_draining))
+}
+
+/// While draining, every answer says `Connection: close`, so clients leave
+/// their keep-alive connections during the grace period instead of having a
+/// request cut when the drain closes them.
+async fn close_when_draining(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    if !app.ready.load(Ordering::Relaxed) {
+        response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Serves until `shutdown` resolves; then turns not ready and keeps serving for
@@ -187,7 +215,10 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let limits = app.limits.clone();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.handshake_timeout).keep_alive(true);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout)
+        .keep_alive(true)
+        .max_buf_size(READ_BUFFER);
     let http = Arc::new(http);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let (grace_over_tx, mut grace_over) = tokio::sync::watch::channel(false);

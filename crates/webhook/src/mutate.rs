@@ -145,10 +145,11 @@ fn one(annotation: &str, message: &str) -> Problems {
     Problems(vec![Problem::new(annotation, message)])
 }
 
-/// keyhole's injector, as the webhook adds it: the first init container, by
-/// its name and its command.
+/// keyhole's injector, as the webhook adds it, by its name and its command. Any
+/// init container, not only the first: a webhook reinvoked after keyhole's
+/// (`reinvocationPolicy: IfNeeded`) may have put its own in front.
 fn injector_present(spec: &SpecView) -> bool {
-    spec.init_containers.iter().flatten().next().is_some_and(is_injector)
+    spec.init_containers.iter().flatten().any(is_injector)
 }
 
 fn is_injector(c: &ContainerView) -> bool {

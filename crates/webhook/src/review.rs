@@ -107,12 +107,16 @@ async fn read<T: DeserializeOwned>(app: &App, headers: &HeaderMap, body: Body) -
     }
     let small = length.is_some_and(|n| n <= SMALL_BODY);
     let work = async {
-        let _slot = app.slots.acquire().await.expect("the semaphore is never closed");
-        let _large =
-            if small { None } else { Some(app.large_slots.acquire().await.expect("the semaphore is never closed")) };
-        if !small {
+        // A large review waits for its own slot and budget before it takes any
+        // of the ordinary lane's bytes; an ordinary one takes its own size.
+        let _large = if small {
+            None
+        } else {
+            let slot = app.large_slots.acquire().await.expect("the semaphore is never closed");
             app.large_budget(length.unwrap_or(MAX_BODY)).await;
-        }
+            Some(slot)
+        };
+        let _bytes = app.in_flight(if small { length.unwrap_or(SMALL_BODY) } else { SMALL_BODY }).await;
         let bytes: Bytes =
             axum::body::to_bytes(body, if small { SMALL_BODY } else { MAX_BODY }).await.map_err(|_| too_large())?;
         // serde's messages can quote the input, which may hold env values: report
@@ -238,7 +242,7 @@ fn review_pod(app: &App, req: SlimRequest) -> Response {
     let pod_id = format!("pod {}/{}", who.namespace, who.name);
     if let Some(why) = pod.over_limits() {
         count(app, "mutate", who.kind, "invalid");
-        who.log("invalid", &why);
+        who.log("invalid", &message(why.clone()));
         return respond(deny(&uid, message(format!("keyhole: {pod_id}: {why}"))));
     }
     match mutate(&pod, &app.config) {
@@ -271,7 +275,7 @@ fn review_pod(app: &App, req: SlimRequest) -> Response {
         },
         Err(problems) => {
             count(app, "mutate", who.kind, "denied");
-            who.log("denied", &problems);
+            who.log("denied", &message(problems.to_string()));
             respond(deny(&uid, denial(&pod_id, &problems)))
         }
     }
@@ -327,7 +331,7 @@ fn review_workload(app: &App, req: SlimRequest<WorkloadView>) -> Response {
     let pod = template_pod(workload, &name, obj.into_template(workload));
     if let Some(why) = pod.over_limits() {
         count(app, "validate", &kind, "invalid");
-        who.log("invalid", &why);
+        who.log("invalid", &message(why.clone()));
         return respond(deny(&uid, message(format!("keyhole: {id}: pod template: {why}"))));
     }
     match mutate(&pod, &app.config) {
@@ -338,7 +342,7 @@ fn review_workload(app: &App, req: SlimRequest<WorkloadView>) -> Response {
         }
         Err(problems) => {
             count(app, "validate", &kind, "denied");
-            who.log("denied", &problems);
+            who.log("denied", &message(problems.to_string()));
             respond(deny(&uid, denial(&format!("{id}: pod template"), &problems)))
         }
     }
@@ -359,8 +363,16 @@ fn review_ephemeral(app: &App, who: &Who<'_>, id: &str, pod: &WorkloadView) -> R
             }
         }
     }
-    if ephemeral.is_some_and(|e| e.total > crate::slim::MAX_ENTRIES) {
-        bad.push(format!("spec.ephemeralContainers has more than {} entries", crate::slim::MAX_ENTRIES));
+    // Mounts past the limit are not kept, so they cannot be checked: refuse.
+    let over = ephemeral.is_some_and(|e| {
+        e.total > crate::slim::MAX_ENTRIES
+            || e.iter().any(|c| c.volume_mounts.as_ref().is_some_and(|m| m.total > crate::slim::MAX_ENTRIES))
+    });
+    if over {
+        bad.push(format!(
+            "an ephemeral container list or its mounts has more than {} entries",
+            crate::slim::MAX_ENTRIES
+        ));
     }
     if bad.is_empty() {
         count(app, "validate", "Pod", "allowed");

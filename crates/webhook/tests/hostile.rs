@@ -139,3 +139,25 @@ async fn ephemeral_containers_may_not_mount_keyhole_tokens() {
         }
     }
 }
+
+/// Mounts past the limit are not kept, so a token mount hidden behind a
+/// thousand others must not pass unseen (found in review).
+#[tokio::test]
+async fn a_token_mount_behind_a_thousand_others_is_refused() {
+    for (hidden, allowed) in [(true, false), (false, true)] {
+        let mut mounts: Vec<Value> =
+            (0..1000).map(|i| json!({"name": "data", "mountPath": format!("/m{i}")})).collect();
+        if hidden {
+            mounts.push(json!({"name": "keyhole-token", "mountPath": "/t"}));
+        }
+        let pod = json!({
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "a"}], "volumes": [{"name": "keyhole-token"}],
+                     "ephemeralContainers": [{"name": "debugger", "image": "busybox", "volumeMounts": mounts}]}
+        });
+        let mut r = review(&pod, "u-1");
+        r["request"]["operation"] = json!("UPDATE");
+        let (resp, _) = answer("/validate", &r).await;
+        assert_eq!(resp["allowed"], allowed, "hidden {hidden}: {}", message(&resp));
+    }
+}

@@ -232,6 +232,13 @@ async fn shutdown_turns_not_ready_keeps_answering_then_drains() {
         served += 1;
     }
     assert!(served > 3);
+    // And each answer tells the client to leave its keep-alive connection.
+    let mut s = handshake(server.addr, &server.ca).await;
+    assert_eq!(exchange(&mut s, "POST", "/mutate", &review()).await.unwrap().0, 200);
+    assert!(
+        until_closed(&mut s).await < Duration::from_millis(300),
+        "a keep-alive connection stayed open while draining"
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(TcpStream::connect(server.addr).await.is_err(), "still accepting after the grace period");
     assert_eq!(in_flight.await.unwrap(), 200, "the review in flight was not finished");
