@@ -110,6 +110,17 @@ impl App {
             limits,
         })
     }
+    /// Waits until `bytes` more may be held in flight; released on drop.
+    pub(crate) async fn in_flight(&self, bytes: usize) -> tokio::sync::SemaphorePermit<'_> {
+        let total = self.limits.max_in_flight_bytes.div_ceil(1024).max(1);
+        let kib = bytes.div_ceil(1024).clamp(1, total) as u32;
+        self.slots.acquire_many(kib).await.expect("the semaphore is never closed")
+    }
+
+    /// Waits for the bytes of one large review within [`Limits::large_bytes_per_second`].
+    pub(crate) async fn large_budget(&self, bytes: usize) {
+        self.large_budget.lock().await.take(bytes).await;
+    }
 }
 
 impl keyhole_admin::Admin for App {
@@ -120,6 +131,10 @@ impl keyhole_admin::Admin for App {
         if self.ready.load(Ordering::Relaxed) { Ok(()) } else { Err("draining") }
     }
 }
+
+/// hyper's read buffer per connection (its default is about 400 KiB): a TLS
+/// record's 16 KiB of plaintext and headers fit; bodies stream through it.
+pub const READ_BUFFER: usize = 32 << 10;
 
 /// A token bucket of bytes: a burst of one largest review, then `rate` a second.
 struct Bucket {
@@ -147,24 +162,6 @@ impl Bucket {
             self.at = std::time::Instant::now();
         }
         self.tokens -= bytes;
-    }
-}
-
-/// hyper's read buffer per connection (its default is about 400 KiB): a TLS
-/// record's 16 KiB of plaintext and headers fit; bodies stream through it.
-pub const READ_BUFFER: usize = 32 << 10;
-
-impl App {
-    /// Waits until `bytes` more may be held in flight; released on drop.
-    pub(crate) async fn in_flight(&self, bytes: usize) -> tokio::sync::SemaphorePermit<'_> {
-        let total = self.limits.max_in_flight_bytes.div_ceil(1024).max(1);
-        let kib = bytes.div_ceil(1024).clamp(1, total) as u32;
-        self.slots.acquire_many(kib).await.expect("the semaphore is never closed")
-    }
-
-    /// Waits for the bytes of one large review within [`Limits::large_bytes_per_second`].
-    pub(crate) async fn large_budget(&self, bytes: usize) {
-        self.large_budget.lock().await.take(bytes).await;
     }
 }
 

@@ -183,13 +183,16 @@ impl PodView {
     /// The first list or map of this pod that is over keyhole's limits, as a
     /// sentence for the refusal; `None` for every pod the API server could store.
     pub fn over_limits(&self) -> Option<String> {
-        let over = |field: &str, total: usize| {
+        // On every review: compare counts only; build a field name for the
+        // refusal alone.
+        let over = |field: &dyn Fn() -> String, total: usize| {
             (total > MAX_ENTRIES)
-                .then(|| format!("{field} has {total} entries; keyhole reviews pods with at most {MAX_ENTRIES}"))
+                .then(|| format!("{} has {total} entries; keyhole reviews pods with at most {MAX_ENTRIES}", field()))
         };
+        let total = |list: Option<usize>| list.unwrap_or(0);
         let m = &self.metadata;
         if let Some(a) = &m.annotations {
-            if let Some(why) = over("metadata.annotations", a.total) {
+            if let Some(why) = over(&|| "metadata.annotations".into(), a.total) {
                 return Some(why);
             }
             let bytes: usize = a.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -199,33 +202,33 @@ impl PodView {
                 ));
             }
         }
-        let mut lists: Vec<(String, usize)> = vec![
-            ("metadata.labels".into(), m.labels.as_ref().map_or(0, |l| l.total)),
-            ("metadata.ownerReferences".into(), m.owner_references.as_ref().map_or(0, |o| o.total)),
-        ];
-        if let Some(spec) = &self.spec {
-            lists.push(("spec.volumes".into(), spec.volumes.as_ref().map_or(0, |v| v.total)));
-            let groups = [
-                ("containers", Some(&spec.containers)),
-                ("initContainers", spec.init_containers.as_ref()),
-                ("ephemeralContainers", spec.ephemeral_containers.as_ref()),
-            ];
-            for (field, list) in groups {
-                let Some(list) = list else { continue };
-                lists.push((format!("spec.{field}"), list.total));
-                for c in list.iter() {
-                    lists.push((
-                        format!("spec.{field}[{:?}].volumeMounts", c.name),
-                        c.volume_mounts.as_ref().map_or(0, |v| v.total),
-                    ));
-                    lists.push((
-                        format!("spec.{field}[{:?}].command", c.name),
-                        c.command.as_ref().map_or(0, |v| v.total),
-                    ));
+        over(&|| "metadata.labels".into(), total(m.labels.as_ref().map(|l| l.total)))
+            .or_else(|| {
+                over(&|| "metadata.ownerReferences".into(), total(m.owner_references.as_ref().map(|o| o.total)))
+            })
+            .or_else(|| {
+                let spec = self.spec.as_ref()?;
+                if let Some(why) = over(&|| "spec.volumes".into(), total(spec.volumes.as_ref().map(|v| v.total))) {
+                    return Some(why);
                 }
-            }
-        }
-        lists.into_iter().find_map(|(field, total)| over(&field, total))
+                let groups = [
+                    ("containers", Some(&spec.containers)),
+                    ("initContainers", spec.init_containers.as_ref()),
+                    ("ephemeralContainers", spec.ephemeral_containers.as_ref()),
+                ];
+                groups.into_iter().find_map(|(field, list)| {
+                    let list = list?;
+                    over(&|| format!("spec.{field}"), list.total).or_else(|| {
+                        list.iter().find_map(|c| {
+                            let mounts = total(c.volume_mounts.as_ref().map(|v| v.total));
+                            over(&|| format!("spec.{field}[{:?}].volumeMounts", c.name), mounts).or_else(|| {
+                                let command = total(c.command.as_ref().map(|v| v.total));
+                                over(&|| format!("spec.{field}[{:?}].command", c.name), command)
+                            })
+                        })
+                    })
+                })
+            })
     }
 }
 
