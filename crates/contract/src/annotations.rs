@@ -41,6 +41,10 @@ pub const STATUS_INJECTED: &str = "injected";
 pub const DEFAULT_MOUNT_PATH: &str = "/keyhole/secrets";
 /// Names `keyhole.dev/containers` may list (each is looked up among the pod's).
 pub const MAX_CONTAINER_NAMES: usize = 100;
+/// Most `secret-*` annotations (references) one pod may have: the rotation
+/// controller makes one look-up per reference, so one workload's count bounds
+/// its share of every poll.
+pub const MAX_REFERENCES: usize = 100;
 
 /// Every key a user may write, for the "unknown annotation" hint.
 const USER_KEYS: &[&str] = &[INJECT, STORE, ROLE, OUTPUT, MOUNT_PATH, CONTAINERS, FILE_MODE, ROTATE, REFRESH_INTERVAL];
@@ -267,6 +271,15 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<InjectSpec
         }
     }
 
+    if spec.secrets.len() > MAX_REFERENCES {
+        problems.push(Problem::new(
+            format!("{SECRET_PREFIX}*"),
+            format!(
+                "{} references; keyhole takes at most {MAX_REFERENCES} a pod: keep related values in one JSON secret and pick fields with #key (a field of one secret is one look-up)",
+                spec.secrets.len()
+            ),
+        ));
+    }
     for t in &spec.templates {
         if spec.secrets.iter().any(|s| s.name == t.name) {
             problems.push(Problem::new(
@@ -459,6 +472,18 @@ mod tests {
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn references_are_capped_per_pod() {
+        let mut a = ann(&[(INJECT, "true")]);
+        for i in 0..MAX_REFERENCES {
+            a.insert(format!("{SECRET_PREFIX}v{i}"), format!("/p/{i}"));
+        }
+        assert_eq!(parse(&a).unwrap().unwrap().secrets.len(), MAX_REFERENCES, "the cap itself is allowed");
+        a.insert(format!("{SECRET_PREFIX}one_more"), "/p/x".into());
+        let text = parse(&a).unwrap_err().to_string();
+        assert!(text.starts_with("keyhole.dev/secret-*: 101 references; keyhole takes at most 100"), "{text}");
     }
 
     #[test]
