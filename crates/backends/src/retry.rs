@@ -20,6 +20,10 @@ pub enum Class {
     Auth,
     /// The parameter, version or secret does not exist.
     NotFound,
+    /// Refused with these credentials (HTTP 403, AccessDenied): a policy that
+    /// does not cover this path, or (on Vault, which answers both alike) a token
+    /// no longer valid. Not retried; a caller that must know asks the backend.
+    Denied,
     /// Retrying cannot help: denied, malformed.
     Permanent,
 }
@@ -82,7 +86,7 @@ where
         .when(|f: &Failure| match f.class {
             Class::Transient => true,
             Class::Auth => !auth_retried.swap(true, Relaxed),
-            Class::NotFound | Class::Permanent => false,
+            Class::NotFound | Class::Denied | Class::Permanent => false,
         })
         .adjust(|_, delay| {
             let delay = delay?;
@@ -181,6 +185,8 @@ mod tests {
         let (r, calls) = count(Class::Permanent, 10, Duration::from_secs(60)).await;
         assert_eq!(calls, 1);
         assert_eq!(r.unwrap_err().reason, "nope");
+        let (_, calls) = count(Class::Denied, 10, Duration::from_secs(60)).await;
+        assert_eq!(calls, 1);
     }
 
     #[tokio::test(start_paused = true)]

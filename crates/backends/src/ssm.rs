@@ -147,11 +147,17 @@ fn retries() -> aws_sdk_ssm::config::retry::RetryConfig {
 /// none of them (only GetParameter's does), so they arrive unmodelled and are
 /// told apart by the code in the error's metadata.
 const NOT_FOUND_CODES: &[&str] = &["ParameterNotFound", "ParameterVersionNotFound", "ParameterVersionLabelNotFound"];
+/// Credentials AWS no longer takes (expired or unknown session keys): a new
+/// session helps, unlike for [`DENIED_CODES`], where the role's policy refuses.
+const SESSION_CODES: &[&str] =
+    &["ExpiredTokenException", "UnrecognizedClientException", "InvalidClientTokenId", "InvalidSignatureException"];
+const DENIED_CODES: &[&str] = &["AccessDeniedException", "AccessDenied"];
 
 /// Reduces an SDK error, after the SDK's own retries, to a reason that is safe
 /// to print (the service's code and message, or the transport's I/O error), and
-/// tells "not found" apart. The class matters only to [`retry`], which keyhole
-/// still runs around STS for its one retry of a refused token.
+/// tells "not found", "denied" and "credentials no longer taken" apart: keyhole
+/// still runs [`retry`] around STS for its one retry of a refused token, and the
+/// rotation controller keeps its session unless the credentials are at fault.
 pub fn classify<E>(err: &SdkError<E, HttpResponse>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -167,6 +173,8 @@ where
             };
             let class = match code {
                 Some(c) if NOT_FOUND_CODES.contains(&c) => Class::NotFound,
+                Some(c) if SESSION_CODES.contains(&c) => Class::Auth,
+                Some(c) if DENIED_CODES.contains(&c) => Class::Denied,
                 _ => Class::Permanent,
             };
             Failure::new(class, reason)
@@ -483,6 +491,21 @@ mod tests {
         let batch = vec![Request::new(&r("/a:9")), Request::new(&r("/b")), Request::new(&r("/c:x"))];
         assert_eq!(invalid_requests(&batch, &["/a:9".into(), "/c:x".into()]), vec![0, 2]);
         assert_eq!(invalid_requests(&batch, &["/b".into()]), vec![1]);
+    }
+
+    #[test]
+    fn expired_credentials_are_told_from_a_denied_path() {
+        use aws_sdk_ssm::error::ErrorMetadata;
+        use aws_sdk_ssm::operation::describe_parameters::DescribeParametersError;
+        let answer = |code: &str| {
+            let err = DescribeParametersError::generic(ErrorMetadata::builder().code(code).message("m").build());
+            let raw = HttpResponse::new(400.try_into().unwrap(), "".into());
+            classify(&SdkError::service_error(err, raw))
+        };
+        assert_eq!(answer("ExpiredTokenException"), Failure::new(Class::Auth, "ExpiredTokenException: m"));
+        assert_eq!(answer("AccessDeniedException").class, Class::Denied);
+        assert_eq!(answer("ParameterNotFound").class, Class::NotFound);
+        assert_eq!(answer("ValidationException").class, Class::Permanent);
     }
 
     #[test]

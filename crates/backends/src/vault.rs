@@ -63,6 +63,9 @@ fn class_of_status(code: u16, login: bool) -> Class {
         429 | 412 => Class::Transient,
         c if c >= 500 && c != 501 => Class::Transient,
         400 | 401 | 403 if login => Class::Auth,
+        // A token the server does not take (Vault itself says 403; a proxy may say 401).
+        401 => Class::Auth,
+        403 => Class::Denied,
         404 => Class::NotFound,
         _ => Class::Permanent,
     }
@@ -131,11 +134,15 @@ impl Session {
     /// `GET /v1/<path>` with this session's token: the answer's JSON, or a
     /// failure built from the status and Vault's `errors` (never from the body).
     pub async fn get_json(&self, path: &str) -> Result<Value, Failure> {
+        self.send(reqwest::Method::GET, path).await
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str) -> Result<Value, Failure> {
         let url = self
             .address
             .join(&format!("v1/{path}"))
             .map_err(|e| Failure::new(Class::Permanent, format!("bad URL: {e}")))?;
-        let mut req = self.http.get(url).header("X-Vault-Token", self.token.expose_secret());
+        let mut req = self.http.request(method, url).header("X-Vault-Token", self.token.expose_secret());
         if let Some(ns) = &self.namespace {
             req = req.header("X-Vault-Namespace", ns);
         }
@@ -153,6 +160,28 @@ impl Session {
             return Err(Failure::new(class_of_status(status, false), status_reason(status, &errors)));
         }
         Ok(body)
+    }
+
+    /// Whether the server still takes this session's token (`auth/token/lookup-self`,
+    /// which the default policy allows): Vault answers 403 alike for a path the
+    /// policy does not cover and for a token it no longer knows, so a 403 alone
+    /// cannot say which. `Err`: no answer (transport, 5xx).
+    pub async fn token_valid(&self, deadline: tokio::time::Instant) -> Result<bool, Failure> {
+        // The answer holds the token itself: dropped unread.
+        match retry(deadline, "token look-up", || self.send(reqwest::Method::GET, "auth/token/lookup-self")).await {
+            Ok(_) => Ok(true),
+            Err(f) if matches!(f.class, Class::Denied | Class::Auth) => Ok(false),
+            Err(f) => Err(f),
+        }
+    }
+
+    /// `POST auth/token/revoke-self`: the token (and its leases) end now rather
+    /// than at their TTL. One attempt, ended at `deadline`.
+    pub async fn revoke(&self, deadline: tokio::time::Instant) -> Result<(), Failure> {
+        match tokio::time::timeout_at(deadline, self.send(reqwest::Method::POST, "auth/token/revoke-self")).await {
+            Ok(r) => r.map(drop),
+            Err(_) => Err(Failure::new(Class::Transient, "no time left before the deadline")),
+        }
     }
 
     /// `GET /v1/sys/internal/ui/mounts/<path>`: which mount `path` lives on and
@@ -238,14 +267,30 @@ pub async fn login(ctx: &Ctx, store: &VaultStore) -> Result<Session, Error> {
     Ok(Session { client, http, address, namespace: store.namespace.clone(), token, lease })
 }
 
+/// Revokes the session's token, best effort: a failure is logged (never the
+/// token) and otherwise ignored, as the token ends at its TTL anyway.
+pub async fn revoke(session: &Session, store: &crate::StoreRef, deadline: tokio::time::Instant) {
+    match session.revoke(deadline).await {
+        Ok(()) => tracing::debug!(store = %store, "Vault token revoked"),
+        Err(f) => tracing::warn!(store = %store, reason = %f, "could not revoke the Vault token; it ends at its TTL"),
+    }
+}
+
+/// Logs in, reads every item, and revokes the token whatever the reads gave:
+/// the injector needs it for nothing after.
 pub async fn fetch(ctx: &Ctx, store: &VaultStore, items: &[PlanItem]) -> Result<Values, Error> {
     let refs = vault_refs(items)?;
     let session = Arc::new(login(ctx, store).await?);
+    let values = read_all(ctx, &session, &refs).await;
+    revoke(&session, &ctx.store, ctx.deadline).await;
+    values
+}
 
+async fn read_all(ctx: &Ctx, session: &Arc<Session>, refs: &[(&PlanItem, &VaultRef)]) -> Result<Values, Error> {
     // Mounts: one look-up per first path segment, then by prefix (Vault refuses
     // mounts nested in mounts, so a known mount's prefix is conclusive).
     let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (_, r) in &refs {
+    for (_, r) in refs {
         let first = r.path.split('/').next().unwrap_or_default();
         let group = groups.entry(first).or_default();
         if !group.contains(&r.path.as_str()) {
@@ -273,7 +318,7 @@ pub async fn fetch(ctx: &Ctx, store: &VaultStore, items: &[PlanItem]) -> Result<
     }
     // Paths outside the mounts found so far (another mount under the same first
     // segment, rare): one look-up each.
-    for (_, r) in &refs {
+    for (_, r) in refs {
         if !failed.contains_key(&r.path) && !mounts.iter().any(|m| m.relative(&r.path).is_some()) {
             match retry(ctx.deadline, "mount look-up", || session.mount_of(&r.path)).await {
                 Ok(m) => mounts.push(m),
@@ -284,7 +329,7 @@ pub async fn fetch(ctx: &Ctx, store: &VaultStore, items: &[PlanItem]) -> Result<
         }
     }
     let mut reads: Vec<(String, Option<u64>)> = Vec::new();
-    for (item, r) in &refs {
+    for (item, r) in refs {
         let annotation = item.annotation();
         if let Some(f) = failed.get(&r.path) {
             return Err(Error::VaultMount {
@@ -409,6 +454,7 @@ mod tests {
             namespace: None,
             default_role: None,
             rotation_role: None,
+            allow: None,
         };
         assert!(http_client(&store("http://127.0.0.1:8200", None)).is_ok());
         let err = http_client(&store("https://vault:8200", Some("not a certificate"))).unwrap_err();
@@ -421,7 +467,9 @@ mod tests {
         let f = classify(&e, true);
         assert_eq!(f, Failure::new(Class::Auth, "invalid audience (aud) claim (HTTP 400)"));
         let e = ClientError::APIError { code: 403, errors: vec!["permission denied".into()] };
-        assert_eq!(classify(&e, false).class, Class::Permanent);
+        assert_eq!(classify(&e, false).class, Class::Denied);
+        let e = ClientError::APIError { code: 401, errors: vec![] };
+        assert_eq!(classify(&e, false).class, Class::Auth);
         let e = ClientError::APIError { code: 404, errors: vec![] };
         assert_eq!(classify(&e, false), Failure::new(Class::NotFound, "not found (HTTP 404)"));
         let e = ClientError::APIError { code: 503, errors: vec![] };

@@ -7,6 +7,7 @@
 //! can never disagree on what an annotation means.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod annotations;
 pub mod config;
 pub mod duration;

@@ -33,6 +33,13 @@ pub const PLAN_ENV: &str = "KEYHOLE_PLAN";
 pub const POD_NAME_ENV: &str = "KEYHOLE_POD_NAME";
 pub const POD_NAMESPACE_ENV: &str = "KEYHOLE_POD_NAMESPACE";
 pub const POD_UID_ENV: &str = "KEYHOLE_POD_UID";
+/// The pod's `spec.serviceAccountName`: Secret output trusts only Secrets and
+/// claims that this service account made.
+pub const POD_SERVICE_ACCOUNT_ENV: &str = "KEYHOLE_POD_SERVICE_ACCOUNT";
+/// Annotation on keyhole's Secrets and claims: the service account that made
+/// them. The install's ValidatingAdmissionPolicy (manifests/secret-provenance.yaml)
+/// lets only that service account create such a Secret.
+pub const SERVICE_ACCOUNT_ANNOTATION: &str = "keyhole.dev/service-account";
 /// Where the kubelet reads a failed container's one-line reason.
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
 

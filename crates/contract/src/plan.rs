@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::access::{AccessError, Scope};
 use crate::annotations::{self, InjectSpec, Problem, Problems};
 use crate::names;
 use crate::reference::Reference;
@@ -69,6 +70,10 @@ pub struct SecretTarget {
     /// The pod's controller; `None` for a bare pod, which owns its own Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
+    /// The ControllerRevision of a StatefulSet's or DaemonSet's pod: it owns
+    /// the Secret, so the Secret goes when the revision is pruned from history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +88,8 @@ pub struct Owner {
 /// What the plan needs to know about the pod beyond its annotations.
 #[derive(Clone, Debug, Default)]
 pub struct PodFacts {
+    /// The pod's namespace, for the stores' `allow`.
+    pub namespace: Option<String>,
     /// The app containers' UID is set in the pod spec.
     pub uid_known: bool,
     /// The pod's controller (its `controller: true` owner reference).
@@ -128,6 +135,26 @@ pub fn build(spec: &InjectSpec, stores: &Stores, pod: &PodFacts) -> Result<Plan,
             )),
         }
     }
+    if !role.is_empty() {
+        let namespace = pod.namespace.as_deref().unwrap_or_default();
+        match Scope::of(store_name, store.allow(), namespace, &role) {
+            Ok(scope) => {
+                for item in &items {
+                    if let Err(e) = scope.check(store_name, namespace, &item.reference) {
+                        problems.push(Problem::new(item.annotation(), e.to_string()));
+                    }
+                }
+            }
+            Err(e) => {
+                let key = match &e {
+                    AccessError::Role { .. } => annotations::ROLE,
+                    _ if spec.store.is_some() => annotations::STORE,
+                    _ => annotations::INJECT,
+                };
+                problems.push(Problem::new(key, e.to_string()));
+            }
+        }
+    }
 
     if !problems.is_empty() {
         return Err(Problems(problems));
@@ -135,14 +162,25 @@ pub fn build(spec: &InjectSpec, stores: &Stores, pod: &PodFacts) -> Result<Plan,
 
     let secret = spec.output.secret().then(|| SecretTarget {
         api_token_path: format!("{}/{}", names::API_TOKEN_DIR, names::TOKEN_FILE),
-        name: pod.controller.as_ref().map(|owner| secret_name(&revision_base(&owner.name, pod.revision.as_deref()))),
+        name: pod.controller.as_ref().map(|owner| {
+            let base = revision_base(&owner.name, pod.revision.as_deref());
+            match short_uid(&owner.uid) {
+                uid if uid.is_empty() => secret_name(&base),
+                uid => secret_name(&format!("{base}-{uid}")),
+            }
+        }),
         owner: pod.controller.clone(),
+        revision: pod
+            .controller
+            .as_ref()
+            .filter(|o| o.api_version == "apps/v1" && matches!(o.kind.as_str(), "StatefulSet" | "DaemonSet"))
+            .and_then(|o| pod.revision.as_deref().map(|rev| revision_base(&o.name, Some(rev)))),
     });
 
     Ok(Plan {
         version: PLAN_VERSION,
         store_name: store_name.to_owned(),
-        store: store.clone(),
+        store: store.for_plan(),
         role,
         token_path: format!("{}/{}", names::TOKEN_DIR, names::TOKEN_FILE),
         output_dir: spec.output.files().then(|| names::INJECTOR_OUTPUT_DIR.to_owned()),
@@ -170,6 +208,12 @@ fn revision_base(owner: &str, revision: Option<&str>) -> String {
     }
 }
 
+/// The first 8 name-safe characters of an owner's uid: a workload deleted and
+/// made again under its name gets Secrets of new names, never its old ones.
+fn short_uid(uid: &str) -> String {
+    uid.chars().filter(char::is_ascii_alphanumeric).take(8).collect::<String>().to_ascii_lowercase()
+}
+
 /// Name of the Secret of one workload revision (or of a bare pod).
 pub fn secret_name(base: &str) -> String {
     let name = format!("keyhole-{base}");
@@ -181,23 +225,30 @@ pub fn secret_name(base: &str) -> String {
 }
 
 impl Plan {
-    /// Digest of what the values depend on (store, role, references, templates):
-    /// two pods whose plans digest alike would fetch the same values.
-    pub fn digest(&self) -> String {
+    /// Digest of what the values depend on, and of whose they are: the store's
+    /// name and kind, the role, references and templates, the namespace and
+    /// the owner's uid. Operator-only fields (address, caBundle, rotationRole,
+    /// allow) are left out: changing them must not turn every revision's
+    /// Secret into one "made for another plan".
+    pub fn digest(&self, namespace: &str, owner_uid: &str) -> String {
         #[derive(Serialize)]
         struct What<'a> {
             store_name: &'a str,
-            store: &'a Store,
+            kind: &'a str,
             role: &'a str,
             items: &'a [PlanItem],
             templates: &'a [PlanTemplate],
+            namespace: &'a str,
+            owner_uid: &'a str,
         }
         let what = What {
             store_name: &self.store_name,
-            store: &self.store,
+            kind: self.store.kind().as_str(),
             role: &self.role,
             items: &self.items,
             templates: &self.templates,
+            namespace,
+            owner_uid,
         };
         let bytes = serde_json::to_vec(&what).expect("plan serializes");
         hex::encode(Sha256::digest(bytes))
@@ -256,7 +307,7 @@ mod tests {
         assert_eq!(Plan::from_json(&plan.to_json()).unwrap(), plan);
         let unknown_uid = build(&s, &stores(), &PodFacts::default()).unwrap();
         assert_eq!(unknown_uid.file_mode, 0o444);
-        assert_eq!(plan.digest(), unknown_uid.digest(), "file mode does not change the values");
+        assert_eq!(plan.digest("ns", "u"), unknown_uid.digest("ns", "u"), "file mode does not change the values");
     }
 
     #[test]
@@ -285,17 +336,84 @@ mod tests {
             api_version: "apps/v1".into(),
             kind: "ReplicaSet".into(),
             name: "web-5d8f".into(),
-            uid: "u".into(),
+            uid: "3F2A9C1D-77b0-4e5e-9a4b-0c9d1e2f3a4b".into(),
         };
-        let facts = PodFacts { uid_known: false, controller: Some(owner.clone()), revision: Some("5d8f".into()) };
+        let facts = PodFacts {
+            uid_known: false,
+            controller: Some(owner.clone()),
+            revision: Some("5d8f".into()),
+            ..Default::default()
+        };
         let plan = build(&s, &stores(), &facts).unwrap();
-        let t = plan.secret.unwrap();
-        assert_eq!(t.name.as_deref(), Some("keyhole-web-5d8f"));
+        let t = plan.secret.clone().unwrap();
+        assert_eq!(
+            t.name.as_deref(),
+            Some("keyhole-web-5d8f-3f2a9c1d"),
+            "the owner's uid keeps a re-made workload apart"
+        );
+        assert_eq!(t.revision, None, "a ReplicaSet is its own revision");
         assert_eq!(revision_base("web", Some("web-6c5d")), "web-6c5d");
         assert_eq!(revision_base("job", Some("abc")), "job-abc");
-        assert_eq!(t.owner, Some(owner));
+        assert_eq!(t.owner.as_ref(), Some(&owner));
         assert_eq!(plan.output_dir, None);
         assert!(secret_name(&"x".repeat(300)).len() <= 253);
+
+        let sts = Owner { kind: "StatefulSet".into(), name: "db".into(), ..owner };
+        let facts = PodFacts { controller: Some(sts), revision: Some("db-7c9f".into()), ..Default::default() };
+        let t = build(&s, &stores(), &facts).unwrap().secret.unwrap();
+        assert_eq!(t.revision.as_deref(), Some("db-7c9f"), "the ControllerRevision owns a StatefulSet's Secret");
+        assert_eq!(t.name.as_deref(), Some("keyhole-db-7c9f-3f2a9c1d"));
+    }
+
+    #[test]
+    fn the_digest_covers_what_the_values_depend_on_and_nothing_else() {
+        let s = spec(&[("keyhole.dev/inject", "true"), ("keyhole.dev/secret-pw", "secret/app/db#password")]);
+        let plan = build(&s, &stores(), &PodFacts::default()).unwrap();
+        let d = plan.digest("ns", "u1");
+        let mut operator = plan.clone();
+        let Store::Vault(v) = &mut operator.store else { panic!("vault") };
+        v.address = "https://elsewhere:8200".into();
+        v.ca_bundle = Some("PEM".into());
+        v.rotation_role = Some("rot".into());
+        assert_eq!(operator.digest("ns", "u1"), d, "operator-only fields leave the digest alone");
+        assert_ne!(plan.digest("other", "u1"), d, "the namespace is in it");
+        assert_ne!(plan.digest("ns", "u2"), d, "the owner is in it");
+        let mut role = plan.clone();
+        role.role = "admin".into();
+        assert_ne!(role.digest("ns", "u1"), d, "the role is in it");
+    }
+
+    #[test]
+    fn a_scoped_store_refuses_what_the_namespace_may_not_read() {
+        let stores: Stores = serde_json::from_str(
+            r#"{"defaultStore": "vault", "stores": {"vault": {"kind": "vault", "address": "https://v",
+                "auth": {"method": "kubernetes"}, "defaultRole": "team-a",
+                "allow": [{"namespaces": ["team-a"], "roles": ["team-a"], "paths": ["secret/team-a/"]}]}}}"#,
+        )
+        .unwrap();
+        stores.validate().unwrap();
+        let facts = |ns: &str| PodFacts { namespace: Some(ns.into()), ..Default::default() };
+        let ok = spec(&[("keyhole.dev/inject", "true"), ("keyhole.dev/secret-pw", "secret/team-a/db#pw")]);
+        let plan = build(&ok, &stores, &facts("team-a")).unwrap();
+        assert!(!plan.to_json().contains("allow"), "the grants stay with the webhook: {}", plan.to_json());
+        let text = build(&ok, &stores, &facts("team-b")).unwrap_err().to_string();
+        assert!(text.starts_with(r#"keyhole.dev/inject: store "vault" is not open to namespace "team-b""#), "{text}");
+        let outside = spec(&[("keyhole.dev/inject", "true"), ("keyhole.dev/secret-pw", "secret/team-b/db#pw")]);
+        let text = build(&outside, &stores, &facts("team-a")).unwrap_err().to_string();
+        assert_eq!(
+            text,
+            r#"keyhole.dev/secret-pw: store "vault" lets namespace "team-a" read secret/team-a/ only; "secret/team-b/db" is outside"#
+        );
+        let admin = spec(&[
+            ("keyhole.dev/inject", "true"),
+            ("keyhole.dev/role", "admin"),
+            ("keyhole.dev/secret-pw", "secret/team-a/db#pw"),
+        ]);
+        let text = build(&admin, &stores, &facts("team-a")).unwrap_err().to_string();
+        assert!(
+            text.starts_with(r#"keyhole.dev/role: store "vault" lets namespace "team-a" use roles team-a"#),
+            "{text}"
+        );
     }
 
     #[test]

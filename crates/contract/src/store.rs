@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{self, Grant};
+
 /// `defaultStore` and `stores` of the webhook config.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -54,6 +56,9 @@ impl Stores {
             {
                 return Err(InvalidStores::NotHttp(name.clone()));
             }
+            if let Some(allow) = store.allow() {
+                access::validate(allow).map_err(|reason| InvalidStores::Allow { store: name.clone(), reason })?;
+            }
         }
         Ok(())
     }
@@ -68,6 +73,8 @@ pub enum InvalidStores {
     EmptyAudience(String),
     #[error("store {0:?}: address must be an http(s) URL")]
     NotHttp(String),
+    #[error("store {store:?}: allow: {reason}")]
+    Allow { store: String, reason: &'static str },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -119,6 +126,23 @@ impl Store {
             Store::AwsSsm(s) => s.default_role.as_deref(),
         }
     }
+    /// Which namespaces may use the store (`None`: all of them).
+    pub fn allow(&self) -> Option<&[Grant]> {
+        match self {
+            Store::Vault(v) => v.allow.as_deref(),
+            Store::AwsSsm(s) => s.allow.as_deref(),
+        }
+    }
+    /// The store as the injector needs it: without the tenancy rules, which
+    /// are the webhook's and the rotation controller's business.
+    pub fn for_plan(&self) -> Store {
+        let mut store = self.clone();
+        match &mut store {
+            Store::Vault(v) => v.allow = None,
+            Store::AwsSsm(s) => s.allow = None,
+        }
+        store
+    }
     /// The rotation controller's own role: it reads versions (metadata) only.
     pub fn rotation_role(&self) -> Option<&str> {
         match self {
@@ -146,6 +170,10 @@ pub struct VaultStore {
     /// Auth role of the rotation controller (a policy that reads KV metadata only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_role: Option<String>,
+    /// Which namespaces may use the store, with which roles and paths
+    /// (crate::access); absent: every namespace, any role, any path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<Grant>>,
 }
 
 fn default_vault_audience() -> String {
@@ -199,6 +227,10 @@ pub struct SsmStore {
     /// IAM role the rotation controller assumes (`ssm:DescribeParameters` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_role: Option<String>,
+    /// Which namespaces may use the store, with which roles and paths
+    /// (crate::access); absent: every namespace, any role, any path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<Grant>>,
 }
 
 fn default_sts_audience() -> String {

@@ -41,8 +41,27 @@ pub enum Error {
     )]
     SecretOtherPlan { store: StoreRef, secret: String, found: String, wanted: String },
 
-    #[error("{annotation}: {store}: Secret {secret} is keyhole's but {reason}: delete it and the next pod makes it anew", annotation = annotations::OUTPUT)]
-    SecretMalformed { store: StoreRef, secret: String, reason: String },
+    #[error(
+        "{annotation}: {store}: {object} carries keyhole's label but was not made by this pod's service account {ours:?} (it names {made_by}): keyhole uses only Secrets and claims its own service account made, so someone else in the namespace may have planted it; find out who, delete it, and install manifests/secret-provenance.yaml, which refuses such Secrets at create",
+        annotation = annotations::OUTPUT,
+        made_by = made_by.as_deref().map(|m| format!("{m:?}")).unwrap_or_else(|| "none".into())
+    )]
+    SecretNotOurs { store: StoreRef, object: String, made_by: Option<String>, ours: String },
+
+    #[error(
+        "{annotation}: {store}: {object} looks like keyhole's, but this cluster does not enforce keyhole's Secret provenance policy, so anyone in the namespace who may create Secrets could have made it: keyhole uses no existing Secret until the policy is installed (kubectl apply -f manifests/secret-provenance.yaml)",
+        annotation = annotations::OUTPUT
+    )]
+    SecretUnverified { store: StoreRef, object: String },
+
+    #[error(
+        "{annotation}: {store}: {object} belongs to {found}, not to this pod's owner (uid {wanted}): it was made for an earlier workload or pod of the same name; the garbage collector removes it once its owner is gone, or delete it",
+        annotation = annotations::OUTPUT
+    )]
+    SecretOtherOwner { store: StoreRef, object: String, found: String, wanted: String },
+
+    #[error("{annotation}: {store}: {object} is keyhole's but {reason}: delete it and the next pod makes it anew", annotation = annotations::OUTPUT)]
+    SecretMalformed { store: StoreRef, object: String, reason: String },
 
     #[error("{annotation}: {store}: the template does not render: {reason}")]
     Template { annotation: String, store: StoreRef, reason: String },
@@ -70,7 +89,19 @@ impl Error {
             SecretError::Api { doing, reason } => Error::SecretApi { store, secret, doing, reason },
             SecretError::Foreign => Error::SecretForeign { store, secret },
             SecretError::OtherPlan { found, wanted } => Error::SecretOtherPlan { store, secret, found, wanted },
-            SecretError::Malformed(reason) => Error::SecretMalformed { store, secret, reason },
+            SecretError::NotOurs { object, made_by, ours } => {
+                Error::SecretNotOurs { store, object: format!("Secret {object}"), made_by, ours }
+            }
+            SecretError::Unverified { object } => Error::SecretUnverified { store, object: format!("Secret {object}") },
+            SecretError::OtherOwner { object, found, wanted } => Error::SecretOtherOwner {
+                store,
+                object: if object.contains(' ') { object } else { format!("Secret {object}") },
+                found,
+                wanted,
+            },
+            SecretError::Malformed { object, reason } => {
+                Error::SecretMalformed { store, object: format!("Secret {object}"), reason }
+            }
         }
     }
 

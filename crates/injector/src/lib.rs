@@ -54,6 +54,8 @@ pub struct Args {
     pub pod_name: Option<String>,
     #[arg(long, env = names::POD_UID_ENV)]
     pub pod_uid: Option<String>,
+    #[arg(long, env = names::POD_SERVICE_ACCOUNT_ENV)]
+    pub pod_service_account: Option<String>,
     /// Level of keyhole's own logs. Dependencies never log: their debug output
     /// could carry a token or a value.
     #[arg(long, env = "KEYHOLE_LOG_LEVEL", default_value = "info")]
@@ -136,6 +138,7 @@ impl Args {
             pod_namespace,
             pod_name,
             pod_uid,
+            pod_service_account,
             log_level: _,
             log_format: _,
         } = self;
@@ -149,8 +152,12 @@ impl Args {
         let span = tracing::info_span!("injector", store = %store, kind, pod = %pod, pod_uid = pod_uid.as_deref().unwrap_or("-"));
         let result = async {
             let plan = loaded?;
-            let pod =
-                PodIdentity { namespace: pod_namespace.as_deref(), name: pod_name.as_deref(), uid: pod_uid.as_deref() };
+            let pod = PodIdentity {
+                namespace: pod_namespace.as_deref(),
+                name: pod_name.as_deref(),
+                uid: pod_uid.as_deref(),
+                service_account: pod_service_account.as_deref(),
+            };
             execute(&plan, deadline, &pod).await
         }
         .instrument(span.clone())
@@ -190,7 +197,8 @@ fn load_plan(json: Option<&str>, file: Option<&Path>) -> Result<Plan, LoadError>
 pub async fn execute(plan: &Plan, deadline_override: Option<u64>, pod: &PodIdentity<'_>) -> Result<Report, Error> {
     let store = StoreRef { name: plan.store_name.clone(), kind: plan.store.kind() };
     let seconds = deadline_override.unwrap_or(plan.deadline_seconds).max(1);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let budget = Duration::from_secs(seconds);
+    let mut deadline = Instant::now() + budget;
     tracing::info!(
         role = %plan.role,
         items = plan.items.len(),
@@ -201,10 +209,15 @@ pub async fn execute(plan: &Plan, deadline_override: Option<u64>, pod: &PodIdent
         "starting"
     );
     let target = match &plan.secret {
-        Some(t) => Some(secret::Target::new(t, pod).map_err(|e| Error::secret(&store, None, e))?),
+        Some(t) => {
+            let keys = plan.items.iter().map(|i| i.name.clone()).chain(plan.templates.iter().map(|t| t.name.clone()));
+            let mut target = secret::Target::new(t, pod, keys.collect()).map_err(|e| Error::secret(&store, None, e))?;
+            target.bind_revision(deadline).await.map_err(|e| Error::secret(&store, Some(&target), e))?;
+            Some(target)
+        }
         None => None,
     };
-    let digest = plan.digest();
+    let digest = target.as_ref().map(|t| plan.digest(&t.namespace, t.owner_uid())).unwrap_or_default();
 
     if let Some(t) = &target {
         let err = |e| Error::secret(&store, Some(t), e);
@@ -212,12 +225,15 @@ pub async fn execute(plan: &Plan, deadline_override: Option<u64>, pod: &PodIdent
         // is not asked, so pods still start while it is down.
         let mut found = t.find(&digest, deadline).await.map_err(err)?;
         if found.is_none()
-            && let secret::Claim::Theirs { holder, until } = t.claim(deadline).await.map_err(err)?
+            && let secret::Claim::Theirs { holder, until } = t.claim(deadline, budget).await.map_err(err)?
         {
             tracing::info!(secret = %t.id(), holder = %holder, "another pod of this revision is fetching: waiting for its Secret");
-            found = t.wait(&digest, until, deadline).await.map_err(err)?;
+            found = t.wait(&digest, until).await.map_err(err)?;
             if found.is_none() {
+                // The wait spent this pod's time on another's claim: the fetch
+                // gets a whole budget of its own.
                 tracing::warn!(secret = %t.id(), holder = %holder, "its claim lapsed without a Secret: fetching");
+                deadline = Instant::now() + budget;
             }
         }
         if let Some(data) = found {

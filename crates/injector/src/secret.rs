@@ -12,11 +12,12 @@
 //! kubelet sets them in every container), the cluster CA and a token from
 //! keyhole's own projected volume (re-read by kube as the kubelet renews it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use keyhole_backends::retry::{Class, Failure, retry, transport_reason};
@@ -35,6 +36,8 @@ pub const PLAN_DIGEST_ANNOTATION: &str = "keyhole.dev/plan-digest";
 pub const CREATED_BY_ANNOTATION: &str = "keyhole.dev/created-by";
 /// Annotation on a claim: until when (Unix seconds) its pod may be fetching.
 pub const CLAIM_EXPIRES_ANNOTATION: &str = "keyhole.dev/claim-expires";
+/// One look for the Secret while waiting on another pod's claim, retries included.
+const POLL_DEADLINE: Duration = Duration::from_secs(5);
 /// Suffix of the claim's name: a dot, so it cannot clash with a revision's name.
 const CLAIM_SUFFIX: &str = ".claim";
 
@@ -49,11 +52,23 @@ pub enum Claim {
 
 /// Where the Secret goes, and how to reach the API server.
 pub struct Target {
+    client: kube::Client,
     api: Api<Secret>,
     pub namespace: String,
     pub name: String,
+    /// The plan's owner (the pod's controller, or the bare pod): in the digest.
+    plan_owner: OwnerReference,
+    /// The Secret's owner: the plan's, or a StatefulSet's or DaemonSet's
+    /// ControllerRevision once [`Target::bind_revision`] found it.
     owner: OwnerReference,
+    revision: Option<String>,
     created_by: String,
+    service_account: String,
+    /// The keys the Secret holds: the plan's values and templates.
+    keys: BTreeSet<String>,
+    /// Whether the API server enforces the provenance policy: asked once, the
+    /// first time a Secret or claim found here is to be trusted.
+    enforced: tokio::sync::OnceCell<bool>,
 }
 
 /// The pod the injector runs in (from the downward API).
@@ -61,6 +76,7 @@ pub struct PodIdentity<'a> {
     pub namespace: Option<&'a str>,
     pub name: Option<&'a str>,
     pub uid: Option<&'a str>,
+    pub service_account: Option<&'a str>,
 }
 
 /// What went wrong with the Secret, before the caller adds the store.
@@ -72,20 +88,44 @@ pub enum SecretError {
     Api { doing: &'static str, reason: String },
     /// The name is taken by a Secret keyhole does not manage.
     Foreign,
+    /// Labelled as keyhole's, but not made by this pod's service account:
+    /// someone else in the namespace made it. `object` is its name.
+    NotOurs { object: String, made_by: Option<String>, ours: String },
+    /// It passes every check, but the API server does not enforce the
+    /// provenance policy, so its service account annotation proves nothing.
+    Unverified { object: String },
+    /// Made by this service account, but for another owner (an earlier
+    /// workload of the same name, or a pod of the same name).
+    OtherOwner { object: String, found: String, wanted: String },
     /// keyhole made it, but for another plan.
     OtherPlan { found: String, wanted: String },
-    /// keyhole made it, but its data is not what keyhole writes.
-    Malformed(String),
+    /// keyhole made it, but it is not what keyhole writes. `object` is its name.
+    Malformed { object: String, reason: String },
+}
+
+/// What a Secret (or claim) must be for this pod to use it.
+struct Expect<'a> {
+    service_account: &'a str,
+    owner_uid: &'a str,
+    /// `None` for a claim, which holds no data and no digest.
+    plan: Option<(&'a str, &'a BTreeSet<String>)>,
 }
 
 impl Target {
     /// Reads the API token and CA from `target.api_token_path`'s directory.
-    pub fn new(target: &SecretTarget, pod: &PodIdentity<'_>) -> Result<Target, SecretError> {
+    /// `keys`: the names of the plan's values and templates.
+    pub fn new(target: &SecretTarget, pod: &PodIdentity<'_>, keys: BTreeSet<String>) -> Result<Target, SecretError> {
         let setup = SecretError::Setup;
         let namespace = pod.namespace.filter(|s| !s.is_empty()).ok_or_else(|| {
             setup(format!(
                 "{} is not set: the injector needs the pod's namespace for a Secret",
                 names::POD_NAMESPACE_ENV
+            ))
+        })?;
+        let service_account = pod.service_account.filter(|s| !s.is_empty()).ok_or_else(|| {
+            setup(format!(
+                "{} is not set: the webhook sets it from spec.serviceAccountName; a pod injected by an older webhook needs a new rollout",
+                names::POD_SERVICE_ACCOUNT_ENV
             ))
         })?;
         let (name, owner) = match (&target.name, &target.owner) {
@@ -122,14 +162,131 @@ impl Target {
                 (keyhole_contract::plan::secret_name(pod_name), owner)
             }
         };
-        let api = Api::namespaced(client(Path::new(&target.api_token_path))?, namespace);
+        let client = client(Path::new(&target.api_token_path))?;
+        let api = Api::namespaced(client.clone(), namespace);
         let created_by = format!("{namespace}/{}", pod.name.unwrap_or("-"));
-        Ok(Target { api, namespace: namespace.to_owned(), name, owner, created_by })
+        Ok(Target {
+            client,
+            api,
+            namespace: namespace.to_owned(),
+            name,
+            plan_owner: owner.clone(),
+            owner,
+            revision: target.revision.clone(),
+            created_by,
+            service_account: service_account.to_owned(),
+            keys,
+            enforced: tokio::sync::OnceCell::new(),
+        })
     }
 
     /// `namespace/name`, for messages.
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The uid the plan digest names: the pod's controller's, or the bare pod's.
+    pub fn owner_uid(&self) -> &str {
+        &self.plan_owner.uid
+    }
+
+    /// A StatefulSet's or DaemonSet's pod: its Secret is owned by the
+    /// ControllerRevision of the pod's revision, which must be controlled by the
+    /// pod's own controller, so that pruning the revision from the history
+    /// collects its Secret. Needs `get` on `controllerrevisions`.
+    pub async fn bind_revision(&mut self, deadline: Instant) -> Result<(), SecretError> {
+        let Some(name) = self.revision.clone() else {
+            return Ok(());
+        };
+        let api: Api<ControllerRevision> = Api::namespaced(self.client.clone(), &self.namespace);
+        let doing = "reading the ControllerRevision for";
+        let found = retry(deadline, doing, || async { api.get_opt(&name).await.map_err(|e| failure(&e)) })
+            .await
+            .map_err(|f| SecretError::Api { doing, reason: f.reason })?;
+        let Some(revision) = found else {
+            return Err(SecretError::Api {
+                doing,
+                reason: format!("ControllerRevision {}/{name} does not exist", self.namespace),
+            });
+        };
+        let controller = controller_of(&revision.metadata);
+        if controller.map(|o| o.uid.as_str()) != Some(self.plan_owner.uid.as_str()) {
+            return Err(SecretError::OtherOwner {
+                object: format!("ControllerRevision {}/{name}", self.namespace),
+                found: controller
+                    .map(|o| format!("{} {} ({})", o.kind, o.name, o.uid))
+                    .unwrap_or_else(|| "none".into()),
+                wanted: format!("{} {} ({})", self.plan_owner.kind, self.plan_owner.name, self.plan_owner.uid),
+            });
+        }
+        self.owner = OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "ControllerRevision".into(),
+            name,
+            uid: revision.metadata.uid.unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        };
+        Ok(())
+    }
+
+    /// Whether the API server enforces manifests/secret-provenance.yaml: a
+    /// dry-run create of a keyhole-labelled Secret naming an account that
+    /// cannot exist (a name with a slash) must be refused. Without the policy
+    /// anyone in the namespace may write keyhole's label and any account's
+    /// name, so a found Secret proves nothing and is not used. One call, the
+    /// first time something found is to be trusted; nothing is stored.
+    async fn provenance_enforced(&self, deadline: Instant) -> Result<bool, SecretError> {
+        let doing = "checking the provenance policy with a dry run for";
+        self.enforced
+            .get_or_try_init(|| async {
+                let probe = Secret {
+                    metadata: ObjectMeta {
+                        generate_name: Some("keyhole-provenance-probe-".into()),
+                        namespace: Some(self.namespace.clone()),
+                        labels: Some(BTreeMap::from([(
+                            names::MANAGED_BY_LABEL.into(),
+                            names::MANAGED_BY_VALUE.into(),
+                        )])),
+                        annotations: Some(BTreeMap::from([(
+                            names::SERVICE_ACCOUNT_ANNOTATION.into(),
+                            "keyhole.dev/no-such-account".into(),
+                        )])),
+                        ..ObjectMeta::default()
+                    },
+                    immutable: Some(true),
+                    ..Secret::default()
+                };
+                let dry = PostParams { dry_run: true, ..PostParams::default() };
+                retry(deadline, doing, || async {
+                    match self.api.create(&dry, &probe).await {
+                        Ok(_) => Ok(false),
+                        Err(kube::Error::Api(status))
+                            if (status.code == 403 || status.code == 422)
+                                && status.message.contains(names::SERVICE_ACCOUNT_ANNOTATION) =>
+                        {
+                            Ok(true)
+                        }
+                        Err(e) => Err(failure(&e)),
+                    }
+                })
+                .await
+                .map_err(|f| SecretError::Api { doing, reason: f.reason })
+            })
+            .await
+            .copied()
+    }
+
+    /// [`check`], then the provenance policy's say that the check means something.
+    async fn trusted(
+        &self,
+        secret: Secret,
+        expect: &Expect<'_>,
+        deadline: Instant,
+    ) -> Result<Vec<(String, SecretString)>, SecretError> {
+        let object = format!("{}/{}", self.namespace, secret.metadata.name.as_deref().unwrap_or("-"));
+        let values = check(&self.namespace, secret, expect)?;
+        if self.provenance_enforced(deadline).await? { Ok(values) } else { Err(SecretError::Unverified { object }) }
     }
 
     fn claim_name(&self) -> String {
@@ -138,26 +295,34 @@ impl Target {
         base + CLAIM_SUFFIX
     }
 
+    fn metadata(&self, name: String, annotations: BTreeMap<String, String>) -> ObjectMeta {
+        let mut annotations = annotations;
+        annotations.insert(CREATED_BY_ANNOTATION.into(), self.created_by.clone());
+        annotations.insert(names::SERVICE_ACCOUNT_ANNOTATION.into(), self.service_account.clone());
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(BTreeMap::from([(names::MANAGED_BY_LABEL.into(), names::MANAGED_BY_VALUE.into())])),
+            annotations: Some(annotations),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+
     /// One fetch per revision, however many pods start at once: the first pod to
     /// create the revision's claim (an empty, immutable Secret owned like the
     /// real one) fetches; the others wait for its Secret. A claim lapses at its
     /// pod's deadline, so a pod that died holding it delays the others, never
-    /// blocks them. Needs no RBAC beyond the Secret's own create and get.
-    pub async fn claim(&self, deadline: Instant) -> Result<Claim, SecretError> {
-        let now_unix = unix_now();
-        let expires = now_unix + deadline.saturating_duration_since(Instant::now()).as_secs();
+    /// blocks them; and a claim's expiry counts for at most `budget` (the
+    /// waiter's own deadline), so a claim from the far future cannot hold a
+    /// revision. A claim that this pod's service account did not make, for this
+    /// owner, is refused like such a Secret. Needs no RBAC beyond the Secret's
+    /// own create and get.
+    pub async fn claim(&self, deadline: Instant, budget: Duration) -> Result<Claim, SecretError> {
+        let expires = unix_now().saturating_add(deadline.saturating_duration_since(Instant::now()).as_secs());
         let claim = Secret {
-            metadata: ObjectMeta {
-                name: Some(self.claim_name()),
-                namespace: Some(self.namespace.clone()),
-                labels: Some(BTreeMap::from([(names::MANAGED_BY_LABEL.into(), names::MANAGED_BY_VALUE.into())])),
-                annotations: Some(BTreeMap::from([
-                    (CREATED_BY_ANNOTATION.into(), self.created_by.clone()),
-                    (CLAIM_EXPIRES_ANNOTATION.into(), expires.to_string()),
-                ])),
-                owner_references: Some(vec![self.owner.clone()]),
-                ..ObjectMeta::default()
-            },
+            metadata: self
+                .metadata(self.claim_name(), BTreeMap::from([(CLAIM_EXPIRES_ANNOTATION.into(), expires.to_string())])),
             immutable: Some(true),
             type_: Some("Opaque".into()),
             ..Secret::default()
@@ -168,26 +333,23 @@ impl Target {
         let Some(found) = self.get(&self.claim_name(), deadline, "reading the claim of").await? else {
             return Ok(Claim::Ours);
         };
+        let expect = Expect { service_account: &self.service_account, owner_uid: &self.owner.uid, plan: None };
+        self.trusted(found.clone(), &expect, deadline).await?;
         let annotations = found.metadata.annotations.unwrap_or_default();
         let until_unix: u64 = annotations.get(CLAIM_EXPIRES_ANNOTATION).and_then(|v| v.parse().ok()).unwrap_or(0);
         let holder = annotations.get(CREATED_BY_ANNOTATION).cloned().unwrap_or_else(|| "another pod".into());
         match until_unix.checked_sub(unix_now()).filter(|s| *s > 0) {
-            Some(left) => Ok(Claim::Theirs { holder, until: Instant::now() + Duration::from_secs(left) }),
+            Some(left) => Ok(Claim::Theirs { holder, until: Instant::now() + Duration::from_secs(left).min(budget) }),
             None => Ok(Claim::Ours),
         }
     }
 
     /// Polls for the revision's Secret until `until`; `None` if it did not appear.
-    pub async fn wait(
-        &self,
-        digest: &str,
-        until: Instant,
-        deadline: Instant,
-    ) -> Result<Option<Vec<(String, SecretString)>>, SecretError> {
-        let until = until.min(deadline);
+    pub async fn wait(&self, digest: &str, until: Instant) -> Result<Option<Vec<(String, SecretString)>>, SecretError> {
         loop {
             tokio::time::sleep(Duration::from_millis(150 + fastrand::u64(0..150))).await;
-            if let Some(found) = self.find(digest, deadline).await? {
+            // Each look has time of its own: `until` ends the wait, not a look.
+            if let Some(found) = self.find(digest, Instant::now() + POLL_DEADLINE).await? {
                 return Ok(Some(found));
             }
             if Instant::now() >= until {
@@ -216,15 +378,22 @@ impl Target {
         .map_err(|f| SecretError::Api { doing, reason: f.reason })
     }
 
-    /// The revision's values if its Secret exists and was made for `digest`.
+    /// The revision's values if its Secret exists, was made by this pod's
+    /// service account for this owner and `digest`, is immutable, and holds
+    /// exactly the plan's keys.
     pub async fn find(
         &self,
         digest: &str,
         deadline: Instant,
     ) -> Result<Option<Vec<(String, SecretString)>>, SecretError> {
+        let expect = Expect {
+            service_account: &self.service_account,
+            owner_uid: &self.owner.uid,
+            plan: Some((digest, &self.keys)),
+        };
         match self.get(&self.name, deadline, "reading").await? {
             None => Ok(None),
-            Some(secret) => check(secret, digest).map(Some),
+            Some(secret) => self.trusted(secret, &expect, deadline).await.map(Some),
         }
     }
 
@@ -238,17 +407,8 @@ impl Target {
         deadline: Instant,
     ) -> Result<(Vec<(String, SecretString)>, bool), SecretError> {
         let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(self.name.clone()),
-                namespace: Some(self.namespace.clone()),
-                labels: Some(BTreeMap::from([(names::MANAGED_BY_LABEL.into(), names::MANAGED_BY_VALUE.into())])),
-                annotations: Some(BTreeMap::from([
-                    (PLAN_DIGEST_ANNOTATION.into(), digest.to_owned()),
-                    (CREATED_BY_ANNOTATION.into(), self.created_by.clone()),
-                ])),
-                owner_references: Some(vec![self.owner.clone()]),
-                ..ObjectMeta::default()
-            },
+            metadata: self
+                .metadata(self.name.clone(), BTreeMap::from([(PLAN_DIGEST_ANNOTATION.into(), digest.to_owned())])),
             immutable: Some(true),
             type_: Some("Opaque".into()),
             data: Some(
@@ -273,17 +433,78 @@ impl Target {
     }
 }
 
+fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references.iter().flatten().find(|o| o.controller == Some(true))
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Checks an existing Secret is keyhole's and was made for `digest`; its values.
-fn check(secret: Secret, digest: &str) -> Result<Vec<(String, SecretString)>, SecretError> {
-    let labels = secret.metadata.labels.as_ref();
-    if labels.and_then(|l| l.get(names::MANAGED_BY_LABEL)).map(String::as_str) != Some(names::MANAGED_BY_VALUE) {
+/// Checks that a Secret (or claim) found under keyhole's name is one this pod
+/// may use, provenance first: keyhole's label, made by this pod's service
+/// account (which the install's ValidatingAdmissionPolicy vouches for), owned
+/// by this pod's owner, immutable; then, for a Secret, exactly the plan's keys
+/// and its digest. Returns its values (none for a claim); the bytes read are
+/// wiped either way.
+fn check(namespace: &str, mut secret: Secret, expect: &Expect<'_>) -> Result<Vec<(String, SecretString)>, SecretError> {
+    let result = verify(namespace, &secret, expect);
+    if let Some(data) = secret.data.take() {
+        data.into_values().for_each(|mut b| b.0.zeroize());
+    }
+    result
+}
+
+fn verify(namespace: &str, secret: &Secret, expect: &Expect<'_>) -> Result<Vec<(String, SecretString)>, SecretError> {
+    let meta = &secret.metadata;
+    let object = format!("{namespace}/{}", meta.name.as_deref().unwrap_or("-"));
+    if meta.labels.as_ref().and_then(|l| l.get(names::MANAGED_BY_LABEL)).map(String::as_str)
+        != Some(names::MANAGED_BY_VALUE)
+    {
         return Err(SecretError::Foreign);
     }
-    let found = secret.metadata.annotations.as_ref().and_then(|a| a.get(PLAN_DIGEST_ANNOTATION)).cloned();
+    let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
+    let made_by = annotation(names::SERVICE_ACCOUNT_ANNOTATION);
+    if made_by.as_deref() != Some(expect.service_account) {
+        return Err(SecretError::NotOurs { object, made_by, ours: expect.service_account.to_owned() });
+    }
+    let owner = controller_of(meta);
+    if owner.map(|o| o.uid.as_str()) != Some(expect.owner_uid) {
+        return Err(SecretError::OtherOwner {
+            object,
+            found: owner.map(|o| format!("{} {} ({})", o.kind, o.name, o.uid)).unwrap_or_else(|| "none".into()),
+            wanted: expect.owner_uid.to_owned(),
+        });
+    }
+    if secret.immutable != Some(true) {
+        return Err(SecretError::Malformed {
+            object,
+            reason: "it is not immutable, which keyhole's always are".into(),
+        });
+    }
+    let Some((digest, keys)) = expect.plan else {
+        if secret.data.as_ref().is_some_and(|d| !d.is_empty()) {
+            return Err(SecretError::Malformed {
+                object,
+                reason: "the claim holds data, which keyhole's never do".into(),
+            });
+        }
+        return Ok(Vec::new());
+    };
+    let found: BTreeSet<&String> = secret.data.iter().flatten().map(|(k, _)| k).collect();
+    if found.len() != keys.len() || !keys.iter().all(|k| found.contains(k)) {
+        let missing: Vec<&str> = keys.iter().filter(|k| !found.contains(k)).map(String::as_str).collect();
+        let extra: Vec<&str> = found.iter().filter(|k| !keys.contains(k.as_str())).map(|k| k.as_str()).collect();
+        return Err(SecretError::Malformed {
+            object,
+            reason: format!(
+                "its keys are not the plan's (missing: {}; not in the plan: {})",
+                listed(&missing),
+                listed(&extra)
+            ),
+        });
+    }
+    let found = annotation(PLAN_DIGEST_ANNOTATION);
     if found.as_deref() != Some(digest) {
         return Err(SecretError::OtherPlan {
             found: found.unwrap_or_else(|| "none".into()),
@@ -292,12 +513,22 @@ fn check(secret: Secret, digest: &str) -> Result<Vec<(String, SecretString)>, Se
     }
     let mut out = Vec::new();
     for (k, v) in secret.data.iter().flatten() {
-        let s = std::str::from_utf8(&v.0)
-            .map_err(|_| SecretError::Malformed(format!("key {k:?} is not UTF-8, which keyhole never writes")))?;
+        let s = std::str::from_utf8(&v.0).map_err(|_| SecretError::Malformed {
+            object: object.clone(),
+            reason: format!("key {k:?} is not UTF-8, which keyhole never writes"),
+        })?;
         out.push((k.clone(), SecretString::from(s.to_owned())));
     }
-    secret.data.into_iter().flatten().for_each(|(_, mut v)| v.0.zeroize());
     Ok(out)
+}
+
+/// At most five names, then how many more; `none` for none.
+fn listed(names: &[&str]) -> String {
+    match names.len() {
+        0 => "none".into(),
+        n if n <= 5 => names.join(", "),
+        n => format!("{} and {} more", names[..5].join(", "), n - 5),
+    }
 }
 
 /// kube's client for `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`,
@@ -368,32 +599,107 @@ fn status_failure(code: u16, message: &str) -> Failure {
 mod tests {
     use super::*;
 
-    fn secret(labels: &[(&str, &str)], digest: Option<&str>) -> Secret {
+    const SA: &str = "app";
+    const OWNER: &str = "rs-uid";
+
+    /// A Secret exactly as this pod's injector would have made it.
+    fn ours() -> Secret {
         Secret {
             metadata: ObjectMeta {
-                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
-                annotations: digest.map(|d| BTreeMap::from([(PLAN_DIGEST_ANNOTATION.to_owned(), d.to_owned())])),
+                name: Some("keyhole-web-1".into()),
+                labels: Some(BTreeMap::from([(names::MANAGED_BY_LABEL.into(), names::MANAGED_BY_VALUE.into())])),
+                annotations: Some(BTreeMap::from([
+                    (PLAN_DIGEST_ANNOTATION.to_owned(), "d1".to_owned()),
+                    (names::SERVICE_ACCOUNT_ANNOTATION.to_owned(), SA.to_owned()),
+                ])),
+                owner_references: Some(vec![OwnerReference {
+                    uid: OWNER.into(),
+                    controller: Some(true),
+                    ..OwnerReference::default()
+                }]),
                 ..ObjectMeta::default()
             },
+            immutable: Some(true),
             data: Some(BTreeMap::from([("PW".to_owned(), ByteString(b"x".to_vec()))])),
             ..Secret::default()
         }
     }
 
+    fn keys() -> BTreeSet<String> {
+        BTreeSet::from(["PW".to_owned()])
+    }
+
+    fn checked(secret: Secret) -> Result<Vec<(String, SecretString)>, SecretError> {
+        let keys = keys();
+        check("ns", secret, &Expect { service_account: SA, owner_uid: OWNER, plan: Some(("d1", &keys)) })
+    }
+
+    fn annotate(mut s: Secret, key: &str, value: Option<&str>) -> Secret {
+        let a = s.metadata.annotations.get_or_insert_default();
+        match value {
+            Some(v) => a.insert(key.to_owned(), v.to_owned()),
+            None => a.remove(key),
+        };
+        s
+    }
+
     #[test]
-    fn only_keyholes_secret_for_the_same_plan_is_used() {
-        let ours = [(names::MANAGED_BY_LABEL, names::MANAGED_BY_VALUE)];
-        let values = check(secret(&ours, Some("d1")), "d1").unwrap();
+    fn only_a_secret_this_service_account_made_for_this_owner_and_plan_is_used() {
+        let values = checked(ours()).unwrap();
         assert_eq!(values.len(), 1);
         assert_eq!(values[0].1.expose_secret(), "x");
-        assert!(matches!(check(secret(&[], Some("d1")), "d1"), Err(SecretError::Foreign)));
-        assert!(matches!(check(secret(&[(names::MANAGED_BY_LABEL, "helm")], None), "d1"), Err(SecretError::Foreign)));
-        match check(secret(&ours, Some("d0")), "d1") {
+
+        let mut unlabelled = ours();
+        unlabelled.metadata.labels = None;
+        assert!(matches!(checked(unlabelled), Err(SecretError::Foreign)));
+        let planted = annotate(ours(), names::SERVICE_ACCOUNT_ANNOTATION, Some("intruder"));
+        match checked(planted) {
+            Err(SecretError::NotOurs { object, made_by, ours }) => {
+                assert_eq!(
+                    (object.as_str(), made_by.as_deref(), ours.as_str()),
+                    ("ns/keyhole-web-1", Some("intruder"), SA)
+                )
+            }
+            other => panic!("a Secret of another service account must be refused: {:?}", other.map(|v| v.len())),
+        }
+        let unsigned = annotate(ours(), names::SERVICE_ACCOUNT_ANNOTATION, None);
+        assert!(matches!(checked(unsigned), Err(SecretError::NotOurs { made_by: None, .. })));
+        let mut old_owner = ours();
+        old_owner.metadata.owner_references.as_mut().unwrap()[0].uid = "earlier-rs".into();
+        assert!(matches!(checked(old_owner), Err(SecretError::OtherOwner { .. })));
+        let mut orphan = ours();
+        orphan.metadata.owner_references = None;
+        assert!(matches!(checked(orphan), Err(SecretError::OtherOwner { found, .. }) if found == "none"));
+        let mut mutable = ours();
+        mutable.immutable = None;
+        assert!(
+            matches!(checked(mutable), Err(SecretError::Malformed { reason, .. }) if reason.contains("not immutable"))
+        );
+        let mut extra = ours();
+        extra.data.as_mut().unwrap().insert("LD_PRELOAD".into(), ByteString(b"/tmp/x.so".to_vec()));
+        match checked(extra) {
+            Err(SecretError::Malformed { reason, .. }) => {
+                assert_eq!(reason, "its keys are not the plan's (missing: none; not in the plan: LD_PRELOAD)")
+            }
+            _ => panic!("a key the plan does not have must be refused"),
+        }
+        match checked(annotate(ours(), PLAN_DIGEST_ANNOTATION, Some("d0"))) {
             Err(SecretError::OtherPlan { found, wanted }) => {
                 assert_eq!((found.as_str(), wanted.as_str()), ("d0", "d1"))
             }
             _ => panic!("another plan's Secret must be refused"),
         }
+    }
+
+    #[test]
+    fn a_claim_gets_the_same_provenance_checks_and_holds_no_data() {
+        let claim = |s: Secret| check("ns", s, &Expect { service_account: SA, owner_uid: OWNER, plan: None });
+        let mut empty = ours();
+        empty.data = None;
+        assert!(claim(empty.clone()).unwrap().is_empty());
+        assert!(matches!(claim(ours()), Err(SecretError::Malformed { reason, .. }) if reason.contains("holds data")));
+        let planted = annotate(empty, names::SERVICE_ACCOUNT_ANNOTATION, Some("intruder"));
+        assert!(matches!(claim(planted), Err(SecretError::NotOurs { .. })));
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //! and Vault KV v2 `<mount>/metadata/<path>`. The controller logs in with its own
 //! service account's projected token and the store's `rotationRole`, through the
 //! backends crate's logins (the injector's too), and keeps the session until it
-//! nears its end.
+//! nears its end or the backend no longer takes it.
+//!
+//! Fair under one bad workload: each look-up has a deadline of its own, answers
+//! that say a reference is missing or refused are remembered for a while, and a
+//! refusal of one path keeps the session.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use keyhole_backends::retry::{Failure, retry};
+use keyhole_backends::retry::{Class, Failure, retry};
 use keyhole_backends::vault::{Mount, Session};
 use keyhole_backends::{Ctx, StoreRef, TokenError, ssm, vault};
 use keyhole_contract::store::{SsmStore, VaultStore};
-use keyhole_contract::{Store, Stores};
+use keyhole_contract::{Store, StoreKind, Stores};
 use tokio::sync::Mutex;
 
 use crate::metrics::RotationMetrics;
@@ -25,8 +29,19 @@ use crate::schedule::chunks;
 pub const SSM_NAMES_PER_CALL: usize = ssm::NAMES_PER_DESCRIBE;
 /// Look-ups in flight per store.
 const CONCURRENCY: usize = 8;
-/// One store's look-ups, retries included.
-const DEADLINE: Duration = Duration::from_secs(30);
+/// One look-up (a DescribeParameters call with its pages, a mount look-up, a
+/// metadata read), retries included: a slow reference costs its own 5 s.
+pub const LOOKUP_DEADLINE: Duration = Duration::from_secs(5);
+/// A login (AssumeRoleWithWebIdentity, a Vault login), retries included.
+const LOGIN_DEADLINE: Duration = Duration::from_secs(10);
+/// One store's look-ups of one poll at most, so a backend that hangs holds the
+/// poll (every store's workloads) no longer than this.
+const ROUND_DEADLINE: Duration = Duration::from_secs(30);
+/// Revoking a replaced token, and each one at shutdown.
+const REVOKE_DEADLINE: Duration = Duration::from_secs(2);
+/// How long "no such parameter, mount or path" or "refused" is believed before
+/// the reference is asked again: a fix in the backend shows within this.
+pub const MISSING_TTL: Duration = Duration::from_secs(5 * 60);
 /// STS credentials live an hour by default; a Vault token as long as its lease.
 const MAX_SESSION_AGE: Duration = Duration::from_secs(45 * 60);
 
@@ -72,6 +87,31 @@ pub enum LookupError {
     NoCurrentVersion(String),
     #[error("{0} was not looked up")]
     NotLookedUp(String),
+    #[error("{0} (an earlier answer: asked again {ttl} min after it)", ttl = MISSING_TTL.as_secs() / 60)]
+    Remembered(Box<LookupError>),
+}
+
+impl LookupError {
+    /// The backend's answer about the reference itself (missing, or refused to a
+    /// session it still takes): asking again soon would get the same.
+    fn settled(&self) -> bool {
+        match self {
+            LookupError::NoParameter(_) => true,
+            LookupError::Mount { reason, .. } | LookupError::Metadata { reason, .. } => {
+                matches!(reason.class, Class::NotFound | Class::Denied)
+            }
+            _ => false,
+        }
+    }
+
+    fn class(&self) -> Option<Class> {
+        match self {
+            LookupError::Describe(f)
+            | LookupError::Mount { reason: f, .. }
+            | LookupError::Metadata { reason: f, .. } => Some(f.class),
+            _ => None,
+        }
+    }
 }
 
 /// Where the projected token for `audience` lies: `<dir>/<audience>`, with any
@@ -94,17 +134,62 @@ struct Cached {
     until: Instant,
 }
 
+/// One store's answers of one poll, and whether its session is still good.
+struct Round {
+    answers: BTreeMap<String, Answer>,
+    session_ok: bool,
+}
+
 pub struct Backends {
     stores: Stores,
     token_dir: PathBuf,
     identity: String,
     metrics: Arc<RotationMetrics>,
     sessions: Mutex<HashMap<String, Cached>>,
+    /// (store, reference) -> until when its settled error stands.
+    missing: std::sync::Mutex<HashMap<(String, String), (Instant, LookupError)>>,
+}
+
+/// What a round's answers say of the session that gave them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Keep,
+    Drop,
+    /// Ask the backend whether it still takes the token.
+    Ask,
+}
+
+/// Credentials the backend no longer takes (expired, unknown: [`Class::Auth`])
+/// condemn the session; a missing path, a transport failure or a 5xx say nothing
+/// against it. A refusal ([`Class::Denied`]) is the role's policy on SSM
+/// (AccessDenied), but on Vault a 403 is also what a token it no longer knows
+/// gets: there the session is asked about itself (`lookup-self`).
+fn verdict(kind: StoreKind, answers: &BTreeMap<String, Answer>) -> Verdict {
+    let classes: Vec<Class> = answers.values().filter_map(|a| a.as_ref().err()?.class()).collect();
+    if classes.contains(&Class::Auth) {
+        Verdict::Drop
+    } else if kind == StoreKind::Vault && classes.contains(&Class::Denied) {
+        Verdict::Ask
+    } else {
+        Verdict::Keep
+    }
+}
+
+/// A look-up's deadline: its own 5 s, within the store's round.
+fn deadline(round_end: tokio::time::Instant) -> tokio::time::Instant {
+    (tokio::time::Instant::now() + LOOKUP_DEADLINE).min(round_end)
 }
 
 impl Backends {
     pub fn new(stores: Stores, token_dir: PathBuf, identity: String, metrics: Arc<RotationMetrics>) -> Self {
-        Backends { stores, token_dir, identity, metrics, sessions: Mutex::new(HashMap::new()) }
+        Backends {
+            stores,
+            token_dir,
+            identity,
+            metrics,
+            sessions: Mutex::new(HashMap::new()),
+            missing: std::sync::Mutex::new(HashMap::new()),
+        }
     }
 
     /// Stores the controller cannot poll, and why (said once at start).
@@ -137,26 +222,81 @@ impl Backends {
 
     /// One store's references: one answer each.
     pub async fn lookup(&self, name: &str, refs: &BTreeSet<String>) -> BTreeMap<String, Answer> {
-        let all = |reason: LookupError| refs.iter().map(|r| (r.clone(), Err(reason.clone()))).collect();
+        let mut out = self.remembered(name, refs);
+        let ask: BTreeSet<String> = refs.iter().filter(|r| !out.contains_key(*r)).cloned().collect();
+        if ask.is_empty() {
+            return out;
+        }
+        let all = |reason: LookupError| ask.iter().map(move |r| (r.clone(), Err::<Found, _>(reason.clone())));
         let Some(store) = self.stores.stores.get(name) else {
-            return all(LookupError::NoStore(name.to_owned()));
+            out.extend(all(LookupError::NoStore(name.to_owned())));
+            return out;
         };
         let Some(role) = store.rotation_role() else {
-            return all(LookupError::NoRotationRole(name.to_owned()));
+            out.extend(all(LookupError::NoRotationRole(name.to_owned())));
+            return out;
         };
         let ctx = match self.ctx(name, store, role) {
             Ok(ctx) => ctx,
-            Err(e) => return all(e),
+            Err(e) => {
+                out.extend(all(e));
+                return out;
+            }
         };
-        let answers = match store {
-            Store::AwsSsm(s) => self.ssm(name, s, &ctx, refs).await,
-            Store::Vault(v) => self.vault(name, v, &ctx, refs).await,
+        let round_end = tokio::time::Instant::now() + ROUND_DEADLINE;
+        let round = match store {
+            Store::AwsSsm(s) => self.ssm(name, s, &ctx, &ask, round_end).await,
+            Store::Vault(v) => self.vault(name, v, &ctx, &ask, round_end).await,
         };
-        // A failed read may be an expired session: the next poll logs in again.
-        if answers.values().any(Result::is_err) {
+        if round.session_ok {
+            self.remember(name, &round.answers);
+        } else {
+            // Expired or no longer taken: the next poll logs in again.
             self.sessions.lock().await.remove(name);
         }
-        answers
+        out.extend(round.answers);
+        out
+    }
+
+    /// The settled errors still standing for `refs`.
+    fn remembered(&self, store: &str, refs: &BTreeSet<String>) -> BTreeMap<String, Answer> {
+        let now = Instant::now();
+        let mut missing = self.missing.lock().expect("the cache lock");
+        missing.retain(|_, (until, _)| now < *until);
+        refs.iter()
+            .filter_map(|r| {
+                let (_, e) = missing.get(&(store.to_owned(), r.clone()))?;
+                Some((r.clone(), Err(LookupError::Remembered(Box::new(e.clone())))))
+            })
+            .collect()
+    }
+
+    fn remember(&self, store: &str, answers: &BTreeMap<String, Answer>) {
+        let until = Instant::now() + MISSING_TTL;
+        let mut missing = self.missing.lock().expect("the cache lock");
+        for (r, answer) in answers {
+            if let Err(e) = answer
+                && e.settled()
+            {
+                missing.insert((store.to_owned(), r.clone()), (until, e.clone()));
+            }
+        }
+    }
+
+    /// Revokes the Vault tokens of every cached session (at shutdown).
+    pub async fn close(&self) {
+        let cached: Vec<(String, Cached)> = self.sessions.lock().await.drain().collect();
+        let deadline = tokio::time::Instant::now() + REVOKE_DEADLINE;
+        let revokes = cached.iter().filter_map(|(name, c)| match &c.conn {
+            Conn::Vault { session, .. } => Some(self.revoke(name, session, deadline)),
+            Conn::Ssm(_) => None,
+        });
+        futures::future::join_all(revokes).await;
+    }
+
+    async fn revoke(&self, name: &str, session: &Session, deadline: tokio::time::Instant) {
+        self.metrics.request(name, "revoke");
+        vault::revoke(session, &StoreRef { name: name.to_owned(), kind: StoreKind::Vault }, deadline).await;
     }
 
     fn ctx(&self, name: &str, store: &Store, role: &str) -> Result<Ctx, LookupError> {
@@ -170,7 +310,8 @@ impl Backends {
             store: StoreRef { name: name.to_owned(), kind: store.kind() },
             role: role.to_owned(),
             token,
-            deadline: tokio::time::Instant::now() + DEADLINE,
+            // The login's; each look-up has its own.
+            deadline: tokio::time::Instant::now() + LOGIN_DEADLINE,
             session: keyhole_backends::session_name(&format!("rotation-{}", self.identity)),
         })
     }
@@ -191,10 +332,20 @@ impl Backends {
         Ok(client)
     }
 
-    async fn ssm(&self, name: &str, store: &SsmStore, ctx: &Ctx, refs: &BTreeSet<String>) -> BTreeMap<String, Answer> {
+    async fn ssm(
+        &self,
+        name: &str,
+        store: &SsmStore,
+        ctx: &Ctx,
+        refs: &BTreeSet<String>,
+        round_end: tokio::time::Instant,
+    ) -> Round {
         let client = match self.ssm_client(name, store, ctx).await {
             Ok(c) => c,
-            Err(e) => return refs.iter().map(|r| (r.clone(), Err(e.clone()))).collect(),
+            Err(e) => {
+                let answers = refs.iter().map(|r| (r.clone(), Err(e.clone()))).collect();
+                return Round { answers, session_ok: true };
+            }
         };
         type Page = (Vec<String>, Result<HashMap<String, i64>, Failure>);
         let calls: Vec<BoxFuture<'_, Page>> = chunks(refs, SSM_NAMES_PER_CALL)
@@ -202,14 +353,17 @@ impl Backends {
             .map(|names| {
                 let client = client.clone();
                 async move {
-                    let r = self.describe(name, &client, &names, ctx).await;
+                    let r = ssm::versions(&client, &names, deadline(round_end), || {
+                        self.metrics.request(name, "DescribeParameters")
+                    })
+                    .await;
                     (names, r)
                 }
                 .boxed()
             })
             .collect();
         let pages = futures::stream::iter(calls).buffer_unordered(CONCURRENCY).collect::<Vec<_>>().await;
-        let mut out = BTreeMap::new();
+        let mut answers = BTreeMap::new();
         for (names, result) in pages {
             match result {
                 Ok(found) => {
@@ -220,27 +374,18 @@ impl Backends {
                                 .map_err(|_| LookupError::BadVersion { name: n.clone(), version: v }),
                             None => Err(LookupError::NoParameter(n.clone())),
                         };
-                        out.insert(n, answer);
+                        answers.insert(n, answer);
                     }
                 }
                 Err(f) => {
                     for n in names {
-                        out.insert(n, Err(LookupError::Describe(f.clone())));
+                        answers.insert(n, Err(LookupError::Describe(f.clone())));
                     }
                 }
             }
         }
-        out
-    }
-
-    async fn describe(
-        &self,
-        store: &str,
-        client: &aws_sdk_ssm::Client,
-        names: &[String],
-        ctx: &Ctx,
-    ) -> Result<HashMap<String, i64>, Failure> {
-        ssm::versions(client, names, ctx.deadline, || self.metrics.request(store, "DescribeParameters")).await
+        let session_ok = verdict(StoreKind::AwsSsm, &answers) == Verdict::Keep;
+        Round { answers, session_ok }
     }
 
     async fn vault_session(
@@ -255,11 +400,21 @@ impl Backends {
         {
             return Ok((session.clone(), mounts.clone()));
         }
+        // Nearing its end: replaced, and revoked once the login is done.
+        let old = sessions.remove(name);
         self.metrics.request(name, "login");
-        let session = Arc::new(vault::login(ctx, store).await.map_err(|e| LookupError::Login(Arc::new(e)))?);
-        let age = if session.lease.is_zero() { MAX_SESSION_AGE } else { (session.lease * 2 / 3).min(MAX_SESSION_AGE) };
-        let conn = Conn::Vault { session: session.clone(), mounts: Vec::new() };
-        sessions.insert(name.to_owned(), Cached { conn, until: Instant::now() + age });
+        let login = vault::login(ctx, store).await.map(Arc::new);
+        if let Ok(session) = &login {
+            let age =
+                if session.lease.is_zero() { MAX_SESSION_AGE } else { (session.lease * 2 / 3).min(MAX_SESSION_AGE) };
+            let conn = Conn::Vault { session: session.clone(), mounts: Vec::new() };
+            sessions.insert(name.to_owned(), Cached { conn, until: Instant::now() + age });
+        }
+        drop(sessions);
+        if let Some(Cached { conn: Conn::Vault { session: old, .. }, .. }) = old {
+            self.revoke(name, &old, tokio::time::Instant::now() + REVOKE_DEADLINE).await;
+        }
+        let session = login.map_err(|e| LookupError::Login(Arc::new(e)))?;
         Ok((session, Vec::new()))
     }
 
@@ -269,27 +424,49 @@ impl Backends {
         store: &VaultStore,
         ctx: &Ctx,
         refs: &BTreeSet<String>,
-    ) -> BTreeMap<String, Answer> {
+        round_end: tokio::time::Instant,
+    ) -> Round {
         let (session, mut mounts) = match self.vault_session(name, store, ctx).await {
             Ok(s) => s,
-            Err(e) => return refs.iter().map(|r| (r.clone(), Err(e.clone()))).collect(),
+            Err(e) => {
+                let answers = refs.iter().map(|r| (r.clone(), Err(e.clone()))).collect();
+                return Round { answers, session_ok: true };
+            }
         };
         let mut out: BTreeMap<String, Answer> = BTreeMap::new();
-        // Mounts first, one look-up per mount not yet known (Vault refuses nested
-        // mounts, so a known mount's prefix is conclusive).
+        // Mounts not known yet: one look-up per first path segment, then one per
+        // path still outside every known mount (another mount under the same
+        // segment: rare). Vault refuses nested mounts, so a known mount's prefix
+        // is conclusive.
         let known = mounts.len();
-        for r in refs {
-            if mounts.iter().any(|m| m.relative(r).is_some()) {
-                continue;
-            }
-            self.metrics.request(name, "mount");
-            match retry(ctx.deadline, "mount look-up", || session.mount_of(r)).await {
-                Ok(m) if m.relative(r).is_some() => mounts.push(m),
-                Ok(_) => {
-                    out.insert(r.clone(), Err(LookupError::IsMount(r.clone())));
-                }
-                Err(f) => {
-                    out.insert(r.clone(), Err(LookupError::Mount { path: r.clone(), reason: f }));
+        for by_segment in [true, false] {
+            let mut segments = BTreeSet::new();
+            let todo: Vec<BoxFuture<'_, (&String, Result<Mount, Failure>)>> = refs
+                .iter()
+                .filter(|r| !out.contains_key(*r) && !mounts.iter().any(|m| m.relative(r).is_some()))
+                .filter(|r| !by_segment || segments.insert(r.split('/').next().unwrap_or_default()))
+                .map(|r| {
+                    let session = session.clone();
+                    async move {
+                        self.metrics.request(name, "mount");
+                        (r, retry(deadline(round_end), "mount look-up", || session.mount_of(r)).await)
+                    }
+                    .boxed()
+                })
+                .collect();
+            for (r, found) in futures::stream::iter(todo).buffer_unordered(CONCURRENCY).collect::<Vec<_>>().await {
+                match found {
+                    Ok(m) if m.relative(r).is_some() => {
+                        if !mounts.contains(&m) {
+                            mounts.push(m);
+                        }
+                    }
+                    Ok(_) => {
+                        out.insert(r.clone(), Err(LookupError::IsMount(r.clone())));
+                    }
+                    Err(reason) => {
+                        out.insert(r.clone(), Err(LookupError::Mount { path: r.clone(), reason }));
+                    }
                 }
             }
         }
@@ -307,17 +484,43 @@ impl Backends {
                 let session = session.clone();
                 async move {
                     let Some(mount) = mount else { return (r.clone(), Err(LookupError::NoMount(r.clone()))) };
-                    (r.clone(), self.metadata(name, &session, &mount, r, ctx).await)
+                    (r.clone(), self.metadata(name, &session, &mount, r, deadline(round_end)).await)
                 }
                 .boxed()
             })
             .collect();
         out.extend(futures::stream::iter(reads).buffer_unordered(CONCURRENCY).collect::<Vec<_>>().await);
-        out
+        let session_ok = self.session_holds(name, &session, &out, round_end).await;
+        Round { answers: out, session_ok }
+    }
+
+    /// Whether the Vault session survives this round's answers (see [`verdict`]).
+    async fn session_holds(
+        &self,
+        name: &str,
+        session: &Session,
+        answers: &BTreeMap<String, Answer>,
+        round_end: tokio::time::Instant,
+    ) -> bool {
+        match verdict(StoreKind::Vault, answers) {
+            Verdict::Keep => true,
+            Verdict::Drop => false,
+            Verdict::Ask => {
+                self.metrics.request(name, "lookup-self");
+                session.token_valid(deadline(round_end)).await.unwrap_or(false)
+            }
+        }
     }
 
     /// `GET <mount>/metadata/<path>` -> `current_version`.
-    async fn metadata(&self, store: &str, session: &Session, mount: &Mount, path: &str, ctx: &Ctx) -> Answer {
+    async fn metadata(
+        &self,
+        store: &str,
+        session: &Session,
+        mount: &Mount,
+        path: &str,
+        deadline: tokio::time::Instant,
+    ) -> Answer {
         if !mount.is_kv() {
             return Err(LookupError::NotKv { path: path.to_owned(), kind: mount.kind.clone() });
         }
@@ -325,7 +528,7 @@ impl Backends {
             return Ok(Found::Unversioned);
         }
         let version =
-            vault::current_version(session, mount, path, ctx.deadline, || self.metrics.request(store, "metadata"))
+            vault::current_version(session, mount, path, deadline, || self.metrics.request(store, "metadata"))
                 .await
                 .map_err(|reason| LookupError::Metadata { path: path.to_owned(), reason })?;
         version.map(Found::Version).ok_or_else(|| LookupError::NoCurrentVersion(path.to_owned()))
@@ -343,6 +546,71 @@ mod tests {
         assert_eq!(token_file(d, "sts.amazonaws.com"), Path::new("/t/sts.amazonaws.com"));
         assert_eq!(token_file(d, "https://vault.example.com:8200"), Path::new("/t/https___vault.example.com_8200"));
         assert_eq!(token_file(d, "../x"), Path::new("/t/.._x"));
+    }
+
+    fn failed(class: Class) -> Answer {
+        Err(LookupError::Metadata { path: "secret/p".into(), reason: Failure::new(class, "why") })
+    }
+
+    #[test]
+    fn only_credentials_at_fault_drop_the_session() {
+        let round = |answers: Vec<Answer>| -> BTreeMap<String, Answer> {
+            answers.into_iter().enumerate().map(|(i, a)| (format!("r{i}"), a)).collect()
+        };
+        let missing =
+            round(vec![Ok(Found::Version(1)), failed(Class::NotFound), Err(LookupError::NoParameter("/p".into()))]);
+        assert_eq!(verdict(StoreKind::Vault, &missing), Verdict::Keep);
+        assert_eq!(verdict(StoreKind::AwsSsm, &round(vec![failed(Class::Transient)])), Verdict::Keep);
+        assert_eq!(verdict(StoreKind::AwsSsm, &round(vec![failed(Class::Denied)])), Verdict::Keep, "AccessDenied");
+        assert_eq!(verdict(StoreKind::Vault, &round(vec![failed(Class::Denied)])), Verdict::Ask, "a 403");
+        let expired = round(vec![failed(Class::Denied), failed(Class::Auth)]);
+        assert_eq!(verdict(StoreKind::AwsSsm, &expired), Verdict::Drop);
+        assert_eq!(verdict(StoreKind::Vault, &expired), Verdict::Drop);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_look_up_has_its_own_deadline_within_the_round() {
+        let start = tokio::time::Instant::now();
+        let round_end = start + ROUND_DEADLINE;
+        assert_eq!(deadline(round_end), start + LOOKUP_DEADLINE);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(deadline(round_end), start + Duration::from_secs(20) + LOOKUP_DEADLINE, "a later one starts afresh");
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert_eq!(deadline(round_end), round_end);
+    }
+
+    #[tokio::test]
+    async fn missing_and_refused_references_are_not_asked_again() {
+        let stores: Stores = serde_json::from_str(
+            r#"{"stores": {"v": {"kind": "vault", "address": "http://v", "auth": {"method": "jwt"}}}}"#,
+        )
+        .unwrap();
+        let metrics = Arc::new(RotationMetrics::default());
+        let b = Backends::new(stores, "/t".into(), "me".into(), metrics);
+        let answers: BTreeMap<String, Answer> = [
+            ("gone".to_owned(), failed(Class::NotFound)),
+            ("refused".to_owned(), failed(Class::Denied)),
+            (
+                "no-mount".to_owned(),
+                Err(LookupError::Mount { path: "x".into(), reason: Failure::new(Class::Denied, "d") }),
+            ),
+            ("flaky".to_owned(), failed(Class::Transient)),
+            ("found".to_owned(), Ok(Found::Version(3))),
+        ]
+        .into();
+        b.remember("v", &answers);
+        let refs: BTreeSet<String> = answers.keys().cloned().collect();
+        let again = b.lookup("v", &refs).await;
+        for r in ["gone", "refused", "no-mount"] {
+            let e = again[r].as_ref().unwrap_err();
+            assert!(matches!(e, LookupError::Remembered(_)), "{r}: {e}");
+            assert!(e.to_string().ends_with("(an earlier answer: asked again 5 min after it)"), "{e}");
+        }
+        // The rest are asked (here: refused for want of a rotationRole, before any request).
+        for r in ["flaky", "found"] {
+            assert!(matches!(again[r], Err(LookupError::NoRotationRole(_))), "{r}");
+        }
+        assert!(b.lookup("other", &refs).await.values().all(|a| matches!(a, Err(LookupError::NoStore(_)))));
     }
 
     #[test]

@@ -145,15 +145,20 @@ impl Controller {
         (controller, wake, vec![t1, t2, t3])
     }
 
-    /// Polls while leading, until `shutdown` turns true.
+    /// Polls while leading, until `shutdown` turns true; then revokes its Vault tokens.
     pub async fn run(mut self, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+        self.poll_until(wake, &mut shutdown).await;
+        self.backends.close().await;
+    }
+
+    async fn poll_until(&mut self, wake: Arc<Notify>, shutdown: &mut watch::Receiver<bool>) {
         loop {
             if !self.leader.holds() {
                 self.metrics.leader.set(0);
                 let mut leader = self.leader.clone();
                 tokio::select! {
                     () = leader.acquired() => {}
-                    () = stopped(&mut shutdown) => return,
+                    () = stopped(shutdown) => return,
                 }
             }
             self.metrics.leader.set(1);
@@ -174,7 +179,7 @@ impl Controller {
             tokio::select! {
                 () = tokio::time::sleep_until(at.into()) => {}
                 () = wake.notified() => tokio::time::sleep(DEBOUNCE).await,
-                () = stopped(&mut shutdown) => return,
+                () = stopped(shutdown) => return,
             }
         }
     }
@@ -191,7 +196,7 @@ impl Controller {
         let mut out = Vec::new();
         for c in all {
             let first_time = || (c.uid.clone(), c.resource_version.clone());
-            match interest(&c.template, &self.stores) {
+            match interest(&c.template, &c.namespace, &self.stores) {
                 Interest::Watch(w) => out.push((c, w)),
                 Interest::NotOptedIn => {}
                 Interest::OptedOut => {
@@ -208,6 +213,11 @@ impl Controller {
                 Interest::Unreadable(e) => {
                     if self.told.insert(first_time()) {
                         warn!(workload = %c.key(), reason = %e, "annotations do not parse; not rotated");
+                    }
+                }
+                Interest::Denied(e) => {
+                    if self.told.insert(first_time()) {
+                        warn!(workload = %c.key(), reason = %e, "outside what the store grants its namespace; nothing looked up, not rotated");
                     }
                 }
             }

@@ -62,6 +62,8 @@ pub enum RotationError {
     Get { kind: Kind, namespace: String, name: String, source: kube::Error },
     #[error("{kind}/{name} in namespace {namespace} does not opt in to keyhole ({why})")]
     NotKeyhole { kind: Kind, namespace: String, name: String, why: String },
+    #[error("{kind}/{name} in namespace {namespace} reaches outside what its store grants the namespace: {reason}")]
+    Denied { kind: Kind, namespace: String, name: String, reason: String },
     #[error("{kind}/{name} in namespace {namespace}: the patch failed: {source}")]
     Patch { kind: Kind, namespace: String, name: String, source: kube::Error },
     #[error("cannot serve metrics on {addr}: {source}")]
@@ -159,9 +161,12 @@ pub async fn roll(
     let template: std::collections::BTreeMap<String, String> =
         serde_json::from_value(obj.data["spec"]["template"]["metadata"]["annotations"].clone()).unwrap_or_default();
     let not = |why: String| RotationError::NotKeyhole { kind, namespace: namespace.into(), name: name.into(), why };
-    let watched = match refs::interest(&template, stores) {
+    let watched = match refs::interest(&template, namespace, stores) {
         Interest::NotOptedIn => return Err(not("no keyhole.dev/inject: \"true\" on its pod template".into())),
         Interest::Unreadable(e) => return Err(not(format!("its annotations do not parse: {e}"))),
+        Interest::Denied(reason) => {
+            return Err(RotationError::Denied { kind, namespace: namespace.into(), name: name.into(), reason });
+        }
         Interest::Watch(w) => Some(w),
         Interest::OptedOut | Interest::NothingToWatch(_) => None,
     };
@@ -171,7 +176,9 @@ pub async fn roll(
         Some(w) => {
             let backends =
                 Backends::new(stores.clone(), token_dir, "roll".into(), Arc::new(RotationMetrics::default()));
-            match controller::current_versions(&backends, w).await {
+            let found = controller::current_versions(&backends, w).await;
+            backends.close().await;
+            match found {
                 Ok(v) => Some(v),
                 Err(e) => {
                     warn!(reason = %e, "could not look the versions up; keeping the recorded ones");

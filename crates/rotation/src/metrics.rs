@@ -12,7 +12,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
     pub store: String,
-    /// `AssumeRoleWithWebIdentity`, `DescribeParameters`, `login`, `mount`, `metadata`.
+    /// `AssumeRoleWithWebIdentity`, `DescribeParameters`, `login`, `mount`, `metadata`,
+    /// `lookup-self` (after a 403), `revoke`.
     pub operation: &'static str,
 }
 

@@ -114,8 +114,12 @@ pub fn mutate(pod: &PodView, config: &Config) -> Result<Mutation, Problems> {
     }
 
     let identity = identity(pod_spec, &targets);
-    let facts =
-        PodFacts { uid_known: one_uid(pod_spec, &targets), controller: controller(pod), revision: revision(pod) };
+    let facts = PodFacts {
+        namespace: pod.metadata.namespace.clone(),
+        uid_known: one_uid(pod_spec, &targets),
+        controller: controller(pod),
+        revision: revision(pod),
+    };
     if spec.output.secret() && facts.controller.is_none() && pod.metadata.name.as_deref().unwrap_or("").is_empty() {
         problems.push(Problem::new(
             annotations::OUTPUT,
@@ -397,16 +401,25 @@ fn injector_container(spec: &InjectSpec, plan: &Plan, identity: &Identity, confi
         image: Some(config.injector.image.clone()),
         image_pull_policy: Some(config.injector.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into())),
         command: Some(vec![INJECTOR_COMMAND.into()]),
-        env: Some(vec![
-            EnvVar { name: names::PLAN_ENV.into(), value: Some(plan.to_json()), value_from: None },
-            EnvVar { name: names::POD_NAME_ENV.into(), value: None, value_from: Some(field("metadata.name")) },
-            EnvVar {
-                name: names::POD_NAMESPACE_ENV.into(),
+        env: Some(
+            vec![
+                EnvVar { name: names::PLAN_ENV.into(), value: Some(plan.to_json()), value_from: None },
+                EnvVar { name: names::POD_NAME_ENV.into(), value: None, value_from: Some(field("metadata.name")) },
+                EnvVar {
+                    name: names::POD_NAMESPACE_ENV.into(),
+                    value: None,
+                    value_from: Some(field("metadata.namespace")),
+                },
+                EnvVar { name: names::POD_UID_ENV.into(), value: None, value_from: Some(field("metadata.uid")) },
+            ]
+            .into_iter()
+            .chain(plan.secret.is_some().then(|| EnvVar {
+                name: names::POD_SERVICE_ACCOUNT_ENV.into(),
                 value: None,
-                value_from: Some(field("metadata.namespace")),
-            },
-            EnvVar { name: names::POD_UID_ENV.into(), value: None, value_from: Some(field("metadata.uid")) },
-        ]),
+                value_from: Some(field("spec.serviceAccountName")),
+            }))
+            .collect(),
+        ),
         resources: Some(config.injector.resources.clone()),
         volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {

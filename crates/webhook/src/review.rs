@@ -240,6 +240,7 @@ fn review_pod(app: &App, req: SlimRequest) -> Response {
         return respond(allow(&uid));
     };
     let pod_id = format!("pod {}/{}", who.namespace, who.name);
+    let pod = in_namespace(pod, who.namespace);
     if let Some(why) = pod.over_limits() {
         count(app, "mutate", who.kind, "invalid");
         who.log("invalid", &message(why.clone()));
@@ -328,7 +329,7 @@ fn review_workload(app: &App, req: SlimRequest<WorkloadView>) -> Response {
         return respond(allow(&uid));
     };
     let name = obj.metadata.name.clone().unwrap_or_default();
-    let pod = template_pod(workload, &name, obj.into_template(workload));
+    let pod = in_namespace(template_pod(workload, &name, obj.into_template(workload)), who.namespace);
     if let Some(why) = pod.over_limits() {
         count(app, "validate", &kind, "invalid");
         who.log("invalid", &message(why.clone()));
@@ -383,6 +384,16 @@ fn review_ephemeral(app: &App, who: &Who<'_>, id: &str, pod: &WorkloadView) -> R
     let text = message(format!("keyhole: {id}: {}", bad.join("; ")));
     who.log("denied", &text);
     respond(deny(who.uid, text))
+}
+
+/// The request's namespace is the pod's: a pod's own `metadata.namespace` may
+/// be unset at CREATE, and a template's always is. The stores' `allow` is
+/// checked against it.
+fn in_namespace(mut pod: PodView, namespace: &str) -> PodView {
+    if !namespace.is_empty() {
+        pod.metadata.namespace = Some(namespace.to_owned());
+    }
+    pod
 }
 
 /// The pod a workload would create, from its template, with a stand-in

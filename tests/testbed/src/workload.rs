@@ -82,3 +82,47 @@ pub async fn pods_of(bed: &Bed, ns: &str, rs: &ReplicaSet, n: usize) -> Result<V
     }
     bail!("{} pods of {ns}/{name}, wanted {n}", found.len())
 }
+
+/// The name keyhole gives the Secret of a ReplicaSet's revision: its name and
+/// the first 8 characters of its uid (contract's `plan::build`).
+pub fn secret_name(rs: &ReplicaSet) -> String {
+    let uid: String =
+        rs.metadata.uid.as_deref().unwrap_or_default().chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    format!("keyhole-{}-{}", rs.metadata.name.as_deref().unwrap_or_default(), uid.to_ascii_lowercase())
+}
+
+/// A client that acts as service account `sa` of `ns` (the admin impersonates
+/// it): what a workload running as that account could do.
+pub async fn client_as(bed: &Bed, ns: &str, sa: &str) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(&bed.kubeconfig)?;
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{sa}"));
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// manifests/secret-provenance.yaml: `on` applies it and waits until the API
+/// server enforces it (a keyhole-labelled Secret made by the admin is refused
+/// in `probe_ns`, as a dry run); `!on` deletes its binding and waits until such
+/// a Secret passes.
+pub async fn provenance_policy(bed: &Bed, on: bool, probe_ns: &str) -> Result<()> {
+    let path = repo_root().join("manifests/secret-provenance.yaml");
+    if on {
+        bed.kubectl(&["apply", "-f", &path.display().to_string()]).await?;
+    } else {
+        bed.kubectl(&["delete", "validatingadmissionpolicybinding", "keyhole-secret-provenance", "--ignore-not-found"])
+            .await?;
+    }
+    let probe: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"generateName": "provenance-probe-", "labels": {"app.kubernetes.io/managed-by": "keyhole"},
+                     "annotations": {"keyhole.dev/service-account": "nobody"}}
+    }))?;
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(bed.client.clone(), probe_ns);
+    let pp = PostParams { dry_run: true, ..Default::default() };
+    let state = if on { "enforced" } else { "lifted" };
+    crate::proc::wait_until(&format!("the provenance policy {state}"), Duration::from_secs(30), || async {
+        let refused =
+            matches!(api.create(&pp, &probe).await, Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422);
+        refused == on
+    })
+    .await
+}

@@ -17,8 +17,9 @@ use keyhole_contract::names;
 use keyhole_testbed::kubelet::{InitOpts, run_init_container};
 use keyhole_testbed::leaks::{self, secret};
 use keyhole_testbed::proc::wait_until;
+use keyhole_testbed::proxy::Proxy;
 use keyhole_testbed::rotation::{self, Controller, Opts};
-use keyhole_testbed::webhook::{Webhook, config_yaml};
+use keyhole_testbed::webhook::{Webhook, config_yaml, config_yaml_at};
 use keyhole_testbed::{Bed, create_service_account, e2e_tests, workspace_bin};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
@@ -34,6 +35,9 @@ fn main() {
         controller_restart_rolls_nothing,
         only_the_lease_holder_patches,
         manual_roll_rolls_now,
+        a_failing_workload_at_the_reference_cap_holds_no_one_back,
+        references_outside_the_namespaces_grants_are_never_looked_up,
+        vault_tokens_are_revoked_after_use,
     ]);
 }
 
@@ -322,13 +326,19 @@ async fn ssm_change_with_secret_output_makes_a_new_immutable_secret(bed: &Bed) -
         (owner.name.clone(), owner.uid.clone(), &v2),
         (first.metadata.name.clone().unwrap_or_default(), first.metadata.uid.clone().unwrap_or_default(), &v1),
     ] {
+        // `keyhole-<ReplicaSet>`, with a suffix of the owner's uid.
         let name = format!("keyhole-{rs_name}");
-        let s = secrets.get(&name).await.with_context(|| format!("no Secret {ns}/{name}"))?;
+        let s = secrets
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .find(|s| {
+                s.metadata.name.as_deref().is_some_and(|n| n.starts_with(&name))
+                    && s.metadata.owner_references.iter().flatten().any(|o| o.uid == rs_uid)
+            })
+            .with_context(|| format!("no Secret {ns}/{name}* owned by its ReplicaSet"))?;
         ensure!(s.immutable == Some(true), "{name} is not immutable");
-        ensure!(
-            s.metadata.owner_references.iter().flatten().any(|o| o.uid == rs_uid),
-            "{name} is not owned by its ReplicaSet"
-        );
         let held = s.data.as_ref().and_then(|d| d.get("db")).map(|b| b.0.clone()).unwrap_or_default();
         ensure!(held == want.as_bytes(), "{name} does not hold its revision's value");
     }
@@ -534,4 +544,178 @@ async fn manual_roll_rolls_now(bed: &Bed) -> Result<()> {
     ensure!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     wait_replica_sets(bed, ns, "web", 3, SLACK).await?;
     finish(&[&ctrl])
+}
+
+/// One workload at the cap of 100 references, every one missing, polled every
+/// 10 s: its neighbour's change still rolls within one interval; its missing
+/// parameters are not asked again and its failures keep the session; one
+/// reference more is refused at apply.
+async fn a_failing_workload_at_the_reference_cap_holds_no_one_back(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-cap").await?;
+    let ns = &env.ns;
+    let param = format!("/{ns}/db");
+    bed.put_ssm(&param, &secret("cap1")).await?;
+    let ctrl = env.controller(bed, "ctrl").await?;
+    let missing = |n: usize| {
+        let mut a = json!({
+            "keyhole.dev/inject": "true",
+            "keyhole.dev/store": "aws",
+            "keyhole.dev/role": APP_ROLE_ARN,
+            "keyhole.dev/refresh-interval": "10s",
+        });
+        for i in 0..n {
+            a[format!("keyhole.dev/secret-p{i:03}")] = json!(format!("/{ns}/missing/p{i:03}"));
+        }
+        a
+    };
+    create(bed, ns, &deployment("web", ssm_annotations(ns, &param))?).await?;
+    let mut bad = deployment("bad", missing(keyhole_contract::annotations::MAX_REFERENCES))?;
+    bad.spec.replicas = Some(0);
+    create(bed, ns, &bad).await?;
+
+    let over = Api::<Deployment>::namespaced(bed.client.clone(), ns)
+        .create(&PostParams::default(), &deployment("over", missing(101))?)
+        .await;
+    match over {
+        Err(kube::Error::Api(e)) => {
+            ensure!(e.message.contains("101 references; keyhole takes at most 100"), "refused, but: {}", e.message)
+        }
+        Err(e) => anyhow::bail!("101 references: {e}"),
+        Ok(_) => anyhow::bail!("a workload with 101 references was admitted"),
+    }
+
+    wait_observed(bed, ns, "web", &format!("{{\"{param}\":1}}")).await?;
+    let failed =
+        || async { ctrl.counter("keyhole_rotation_workload_polls_total", "lookup_failed").await.unwrap_or(0.0) };
+    wait_until("the capped workload to fail twice", Duration::from_secs(30), || async { failed().await >= 2.0 })
+        .await?;
+    let (describes, polls) = ("keyhole_rotation_backend_requests_total", "keyhole_rotation_polls_total");
+    let (failed0, d0, p0) =
+        (failed().await, ctrl.counter(describes, "DescribeParameters").await?, ctrl.counter(polls, "").await?);
+
+    bed.put_ssm(&param, &secret("cap2")).await?;
+    let took = wait_replica_sets(bed, ns, "web", 2, INTERVAL + SLACK).await?;
+    eprintln!("rot-cap: new ReplicaSet {:.2}s after the change beside 100 failing references", took.as_secs_f64());
+    wait_until("the capped workload to be polled again", Duration::from_secs(30), || async {
+        failed().await > failed0
+    })
+    .await?;
+    let (d1, p1) = (ctrl.counter(describes, "DescribeParameters").await?, ctrl.counter(polls, "").await?);
+    // One call a poll, the neighbour's: the 100 missing names (two more calls) are remembered.
+    ensure!(d1 - d0 <= p1 - p0 + 1.0, "{} DescribeParameters in {} polls", d1 - d0, p1 - p0);
+    let logins = ctrl.counter("keyhole_rotation_backend_requests_total", "AssumeRoleWithWebIdentity").await?;
+    ensure!(logins == 1.0, "{logins} logins: \"no such parameter\" dropped the session");
+    let log = ctrl.log();
+    ensure!(log.contains(&format!("no such parameter: /{ns}/missing/p000")), "log:\n{log}");
+    ensure!(log.contains("(an earlier answer"), "the failures were asked again:\n{log}");
+    finish(&[&ctrl])
+}
+
+/// The controller checks a workload's references against what its store
+/// grants the namespace before any look-up. The webhook here grants all (the
+/// workloads are admitted); the controller's config grants `secret/<ns>/app/`.
+async fn references_outside_the_namespaces_grants_are_never_looked_up(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-scope").await?;
+    let ns = &env.ns;
+    for (path, value) in [("app/db", "in1"), ("other/db", "out1")] {
+        bed.vault("POST", &format!("secret/data/{ns}/{path}"), Some(json!({"data": {"password": secret(value)}})))
+            .await?;
+    }
+    let vault = Proxy::start(&bed.vault_addr).await?;
+    let allow = format!(r#"[{{namespaces: ["{ns}"], paths: ["secret/{ns}/app/"]}}]"#);
+    let mut opts = env.opts(bed, "ctrl");
+    opts.config_yaml = config_yaml_at(
+        &vault.url,
+        &bed.moto_url,
+        &bed.moto_url,
+        &[("rotationRole", &env.rotation_role), ("allow", &allow)],
+        &[("rotationRole", rotation::ROLE_ARN)],
+    );
+    let ctrl = Controller::start(bed, ns, &opts).await?;
+    leaks::remember_all(ctrl.tokens.iter().cloned());
+    let ann = |path: &str| {
+        json!({
+            "keyhole.dev/inject": "true",
+            "keyhole.dev/store": "vault",
+            "keyhole.dev/role": ns,
+            "keyhole.dev/secret-db": format!("secret/{ns}/{path}#password"),
+        })
+    };
+    create(bed, ns, &deployment("inside", ann("app/db"))?).await?;
+    create(bed, ns, &deployment("outside", ann("other/db"))?).await?;
+    wait_observed(bed, ns, "inside", &format!("{{\"secret/{ns}/app/db\":1}}")).await?;
+    let polls = ctrl.counter("keyhole_rotation_polls_total", "").await?;
+    wait_until("two more polls", Duration::from_secs(30), || async {
+        ctrl.counter("keyhole_rotation_polls_total", "").await.unwrap_or(0.0) >= polls + 2.0
+    })
+    .await?;
+
+    let asked = vault.requests();
+    ensure!(
+        asked.iter().any(|r| r.contains(&format!("/v1/secret/metadata/{ns}/app/db"))),
+        "the control was not looked up: {asked:?}"
+    );
+    let outside: Vec<&String> = asked.iter().filter(|r| r.contains(&format!("{ns}/other"))).collect();
+    ensure!(outside.is_empty(), "requests for the path outside the grant: {outside:?}");
+    ensure!(observed(&get(bed, ns, "outside").await?).is_none(), "the workload outside was recorded");
+    let log = ctrl.log();
+    for needle in [
+        format!("Deployment/{ns}/outside"),
+        format!("keyhole.dev/secret-db: store \"vault\" lets namespace \"{ns}\" read secret/{ns}/app/ only"),
+        format!("\"secret/{ns}/other/db\" is outside"),
+    ] {
+        ensure!(log.contains(&needle), "the log lacks {needle:?}:\n{log}");
+    }
+    finish(&[&ctrl])
+}
+
+/// OpenBao tokens alive from a kubernetes-auth login with `role` in namespace `ns`.
+async fn live_tokens(bed: &Bed, ns: &str, role: &str) -> Result<usize> {
+    let list = bed.vault("LIST", "auth/token/accessors", None).await?;
+    let mut n = 0;
+    for accessor in list["data"]["keys"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        // Tokens of other tests come and go meanwhile.
+        let Ok(t) = bed.vault("POST", "auth/token/lookup-accessor", Some(json!({"accessor": accessor}))).await else {
+            continue;
+        };
+        let meta = &t["data"]["meta"];
+        if meta["role"] == role && meta["service_account_namespace"] == ns {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The injector revokes its token once it has read the values; the controller
+/// keeps its own while it runs and revokes it when it stops.
+async fn vault_tokens_are_revoked_after_use(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-revoke").await?;
+    let ns = &env.ns;
+    let value = secret("rev1");
+    bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"password": value}}))).await?;
+    let mut ctrl = env.controller(bed, "ctrl").await?;
+    let ann = json!({
+        "keyhole.dev/inject": "true",
+        "keyhole.dev/store": "vault",
+        "keyhole.dev/role": ns,
+        "keyhole.dev/secret-db": format!("secret/{ns}/db#password"),
+    });
+    create(bed, ns, &deployment("api", ann)?).await?;
+    wait_observed(bed, ns, "api", &format!("{{\"secret/{ns}/db\":1}}")).await?;
+    // The control: the look-up below sees a live token.
+    let held = live_tokens(bed, ns, &env.rotation_role).await?;
+    ensure!(held == 1, "{held} live tokens of the running controller, not 1");
+
+    wait_replica_sets(bed, ns, "api", 1, Duration::from_secs(30)).await?;
+    let rs = replica_sets(bed, ns, "api").await?.into_iter().next().context("no ReplicaSet")?;
+    let pod = keyhole_testbed::workload::pods_of(bed, ns, &rs, 1).await?.remove(0);
+    ensure!(injected_value(bed, &pod).await? == value, "the injector did not write the value");
+    let left = live_tokens(bed, ns, ns).await?;
+    ensure!(left == 0, "{left} tokens of the injector's login still live after it fetched");
+
+    finish(&[&ctrl])?;
+    ctrl.proc.stop(Duration::from_secs(10));
+    let left = live_tokens(bed, ns, &env.rotation_role).await?;
+    ensure!(left == 0, "{left} tokens of the stopped controller still live");
+    Ok(())
 }

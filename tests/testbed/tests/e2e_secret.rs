@@ -17,7 +17,7 @@ use keyhole_testbed::leaks;
 use keyhole_testbed::proc::wait_until;
 use keyhole_testbed::proxy::Proxy;
 use keyhole_testbed::webhook::{Webhook, config_yaml_at};
-use keyhole_testbed::workload::{newest_rs, pods_of, secret_output_rbac};
+use keyhole_testbed::workload::{client_as, newest_rs, pods_of, provenance_policy, secret_name, secret_output_rbac};
 use keyhole_testbed::{Bed, create_service_account, e2e_tests};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use serde_json::{Value, json};
@@ -29,12 +29,18 @@ fn main() {
         a_new_revision_gets_a_new_secret_and_the_old_one_is_garbage_collected,
         pods_starting_at_once_fetch_once_and_a_lost_create_uses_the_winner,
         a_foreign_or_other_plan_secret_is_an_error_and_is_left_untouched,
+        a_secret_or_claim_planted_by_another_service_account_is_refused,
+        a_deployment_made_again_under_its_name_does_not_reuse_the_old_secret,
+        operator_fields_changing_leave_a_revisions_secret_in_use,
+        a_statefulset_revision_owns_its_secret,
         bench_backend_requests_for_a_rollout_secret_against_files,
         with_the_backends_stopped_scaling_to_5_still_starts_the_new_pods,
     ]);
 }
 
 const SA: &str = "app";
+/// A second service account of the same namespace, allowed to create Secrets.
+const INTRUDER: &str = "intruder";
 /// The request every Vault pod's injector makes first.
 const LOGIN: &str = "/v1/auth/kubernetes/login";
 const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/app";
@@ -63,9 +69,11 @@ impl Ctx {
 
 static CTX: OnceCell<Ctx> = OnceCell::const_new();
 
-/// The webhook, registered, with both stores behind counting proxies.
+/// The webhook, registered, with both stores behind counting proxies, and the
+/// install's Secret provenance policy enforced.
 async fn ctx(bed: &Bed) -> Result<&'static Ctx> {
     CTX.get_or_try_init(|| async {
+        provenance_policy(bed, true, "default").await?;
         let vault = Proxy::start(&bed.vault_addr).await?;
         let aws = Proxy::start(&bed.moto_url).await?;
         let config = config_yaml_at(&vault.url, &aws.url, &aws.url, &[], &[("defaultRole", ROLE_ARN)]);
@@ -149,10 +157,6 @@ async fn deploy(bed: &Bed, ns: &str, name: &str, replicas: i32, annotations: Val
     Ok(Api::<Deployment>::namespaced(bed.client.clone(), ns).create(&PostParams::default(), &d).await?)
 }
 
-fn secret_name(rs: &ReplicaSet) -> String {
-    format!("keyhole-{}", rs.metadata.name.as_deref().unwrap_or_default())
-}
-
 async fn get_secret(bed: &Bed, ns: &str, name: &str) -> Result<Option<Secret>> {
     Ok(Api::<Secret>::namespaced(bed.client.clone(), ns).get_opt(name).await?)
 }
@@ -173,9 +177,11 @@ async fn check_secret(bed: &Bed, ns: &str, rs: &ReplicaSet, want: &str) -> Resul
         "{name} is not owned by its ReplicaSet: {:?}",
         owners.iter().map(|o| (&o.kind, &o.name)).collect::<Vec<_>>()
     );
+    let annotations = s.metadata.annotations.clone().unwrap_or_default();
+    ensure!(annotations.contains_key("keyhole.dev/plan-digest"), "{name} has no plan digest");
     ensure!(
-        s.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("keyhole.dev/plan-digest")),
-        "{name} has no plan digest"
+        annotations.get(names::SERVICE_ACCOUNT_ANNOTATION).map(String::as_str) == Some(SA),
+        "{name} does not name its service account: {annotations:?}"
     );
     let data = s.data.clone().unwrap_or_default();
     ensure!(data.keys().collect::<Vec<_>>() == ["DB_PASSWORD"], "{name} keys: {:?}", data.keys());
@@ -312,13 +318,8 @@ async fn pods_starting_at_once_fetch_once_and_a_lost_create_uses_the_winner(bed:
     deploy(bed, &ns, "web", 2, annotations(b, &ns, "both")).await?;
     let rs = newest_rs(bed, &ns, "web", 1).await?;
     let pods = pods_of(bed, &ns, &rs, 2).await?;
-    let claim: Secret = serde_json::from_value(json!({
-        "metadata": {"name": format!("{}.claim", secret_name(&rs)),
-                     "labels": {names::MANAGED_BY_LABEL: "keyhole"},
-                     "annotations": {"keyhole.dev/claim-expires": "1", "keyhole.dev/created-by": "gone/pod"}},
-        "immutable": true
-    }))?;
-    Api::<Secret>::namespaced(bed.client.clone(), &ns).create(&PostParams::default(), &claim).await?;
+    let claim = claim_of(&rs, SA, "1")?;
+    Api::<Secret>::namespaced(client_as(bed, &ns, SA).await?, &ns).create(&PostParams::default(), &claim).await?;
     let (a, b2) = run_two_held(bed, proxy, &pods, 2, Duration::ZERO).await?;
     let mut outcomes = [outcome(&a), outcome(&b2)];
     outcomes.sort();
@@ -369,16 +370,20 @@ async fn a_foreign_or_other_plan_secret_is_an_error_and_is_left_untouched(bed: &
         (json!({}), json!({}), "exists and keyhole does not manage it"),
         (
             json!({names::MANAGED_BY_LABEL: "keyhole"}),
-            json!({"keyhole.dev/plan-digest": "0123456789abcdef"}),
+            json!({"keyhole.dev/plan-digest": "0123456789abcdef", names::SERVICE_ACCOUNT_ANNOTATION: SA}),
             "was made by keyhole for another plan (digest 0123456789ab",
         ),
     ];
+    // keyhole's label passes the provenance policy only from the account it names.
+    let own: Api<Secret> = Api::namespaced(client_as(bed, &ns, SA).await?, &ns);
     for (labels, annotations, message) in cases {
         let theirs: Secret = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": labels, "annotations": annotations},
+            "metadata": {"name": name, "labels": labels, "annotations": annotations,
+                         "ownerReferences": owner_of(&rs)},
+            "immutable": true,
             "data": {"DB_PASSWORD": ByteString(b"not-from-keyhole".to_vec())}
         }))?;
-        let created = api.create(&PostParams::default(), &theirs).await?;
+        let created = own.create(&PostParams::default(), &theirs).await?;
         let before = c.proxy(b).count();
         let out = run(bed, &pod).await?;
         ensure!(!out.success(), "the injector succeeded over someone else's Secret");
@@ -402,6 +407,311 @@ async fn a_foreign_or_other_plan_secret_is_an_error_and_is_left_untouched(bed: &
         })
         .await?;
     }
+    Ok(())
+}
+
+/// The ownerReferences keyhole writes on a ReplicaSet's Secret.
+fn owner_of(rs: &ReplicaSet) -> Value {
+    json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs.metadata.name, "uid": rs.metadata.uid,
+            "controller": true}])
+}
+
+/// A claim on `rs`'s revision as keyhole writes one, naming `sa`, expiring at `expires`.
+fn claim_of(rs: &ReplicaSet, sa: &str, expires: &str) -> Result<Secret> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": format!("{}.claim", secret_name(rs)),
+                     "labels": {names::MANAGED_BY_LABEL: "keyhole"},
+                     "annotations": {"keyhole.dev/claim-expires": expires, "keyhole.dev/created-by": "gone/pod",
+                                     names::SERVICE_ACCOUNT_ANNOTATION: sa},
+                     "ownerReferences": owner_of(rs)},
+        "immutable": true
+    }))?)
+}
+
+/// The plan the webhook gave `pod`'s injector.
+fn plan_of(pod: &Pod) -> Result<keyhole_contract::Plan> {
+    let init = pod.spec.as_ref().and_then(|s| s.init_containers.as_ref()).context("no init containers")?;
+    let injector = init.iter().find(|c| c.name == names::INJECTOR_CONTAINER).context("no injector")?;
+    let plan = injector.env.iter().flatten().find(|e| e.name == names::PLAN_ENV).and_then(|e| e.value.clone());
+    Ok(keyhole_contract::Plan::from_json(&plan.context("no plan")?)?)
+}
+
+/// What the attack of issue 12 plants, from another service account of the
+/// namespace: the victim revision's Secret with the right name, label, owner,
+/// keys and digest, and a claim from the far future. Forged (naming the
+/// victim's account), both are refused at create by the provenance policy;
+/// honest (naming the intruder), the injector refuses them; and with the
+/// policy lifted, the injector trusts no Secret at all, since the annotation
+/// then proves nothing. Each refusal names the object, comes before any
+/// backend call, and leaves nothing written.
+async fn a_secret_or_claim_planted_by_another_service_account_is_refused(bed: &Bed) -> Result<()> {
+    let c = ctx(bed).await?;
+    let b = Backend::Aws;
+    let ns = namespace(bed, "sec-plant").await?;
+    create_service_account(&bed.client, &ns, INTRUDER).await?;
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "intruder-keyhole-secret-output"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "keyhole-secret-output"},
+        "subjects": [{"kind": "ServiceAccount", "name": INTRUDER, "namespace": ns}]
+    }))?;
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(bed.client.clone(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    let v = value("plant");
+    seed(bed, b, &ns, &v).await?;
+    deploy(bed, &ns, "web", 1, annotations(b, &ns, "both")).await?;
+    let rs = newest_rs(bed, &ns, "web", 1).await?;
+    let pod = pods_of(bed, &ns, &rs, 1).await?.remove(0);
+    let name = secret_name(&rs);
+    let digest = plan_of(&pod)?.digest(&ns, rs.metadata.uid.as_deref().unwrap_or_default());
+    let planted = |sa: &str| -> Result<Secret> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {names::MANAGED_BY_LABEL: "keyhole"},
+                         "annotations": {"keyhole.dev/plan-digest": digest, names::SERVICE_ACCOUNT_ANNOTATION: sa,
+                                         "keyhole.dev/created-by": format!("{ns}/web-planted")},
+                         "ownerReferences": owner_of(&rs)},
+            "immutable": true,
+            "data": {"DB_PASSWORD": ByteString(b"planted-by-the-intruder".to_vec())}
+        }))?)
+    };
+    let far = "99999999999999999";
+    let intruder: Api<Secret> = Api::namespaced(client_as(bed, &ns, INTRUDER).await?, &ns);
+    let victim: Api<Secret> = Api::namespaced(client_as(bed, &ns, SA).await?, &ns);
+    let admin: Api<Secret> = Api::namespaced(bed.client.clone(), &ns);
+
+    // Forged: refused at create; the same object from the account it names passes (control).
+    for (what, object) in [("Secret", planted(SA)?), ("claim", claim_of(&rs, SA, far)?)] {
+        match intruder.create(&PostParams::default(), &object).await {
+            Err(kube::Error::Api(s)) if s.message.contains("may be created only by the service account") => {}
+            Err(e) => anyhow::bail!("the forged {what} was refused, but not by the provenance policy: {e}"),
+            Ok(_) => anyhow::bail!("the provenance policy let {INTRUDER} create a {what} naming {SA}"),
+        }
+        let dry = PostParams { dry_run: true, ..Default::default() };
+        victim.create(&dry, &object).await.with_context(|| format!("the {what} from {SA} itself was refused"))?;
+    }
+
+    // Each plant in turn; the injector must refuse it with `message`.
+    let refused = |object: Secret, message: &'static str| {
+        let (intruder, admin, pod, ns) = (&intruder, &admin, &pod, &ns);
+        async move {
+            let object_name = object.metadata.name.clone().unwrap_or_default();
+            intruder.create(&PostParams::default(), &object).await?;
+            let before = c.proxy(b).count();
+            let out = run(bed, pod).await?;
+            ensure!(!out.success(), "the injector took the planted {object_name}");
+            ensure!(
+                out.termination_log.contains(&format!("Secret {ns}/{object_name} {message}")),
+                "planted {object_name}: termination log: {}",
+                out.termination_log
+            );
+            ensure!(c.proxy(b).count() == before, "the backend was called past a planted {object_name}");
+            let written = std::fs::read_dir(out.volume(names::SECRETS_VOLUME)?)?.count();
+            ensure!(written == 0, "{written} entries written to the volume past a planted {object_name}");
+            admin.delete(&object_name, &DeleteParams::default()).await?;
+            wait_until("the planted object deleted", Duration::from_secs(30), || async {
+                matches!(admin.get_opt(&object_name).await, Ok(None))
+            })
+            .await
+        }
+    };
+    let not_ours = "carries keyhole's label but was not made by this pod's service account";
+    refused(planted(INTRUDER)?, not_ours).await?;
+    refused(claim_of(&rs, INTRUDER, far)?, not_ours).await?;
+
+    provenance_policy(bed, false, &ns).await?;
+    let without = async {
+        let unverified = "looks like keyhole's, but this cluster does not enforce keyhole's Secret provenance policy";
+        refused(planted(SA)?, unverified).await?;
+        refused(claim_of(&rs, SA, far)?, unverified).await
+    }
+    .await;
+    provenance_policy(bed, true, &ns).await?;
+    without?;
+
+    // The account's own claim from the far future holds a pod for its own
+    // deadline at most; then it fetches with a fresh one.
+    victim.create(&PostParams::default(), &claim_of(&rs, SA, far)?).await?;
+    let opts = InitOpts { extra_env: vec![("KEYHOLE_DEADLINE".into(), "3".into())], ..InitOpts::default() };
+    let started = std::time::Instant::now();
+    let out = run_init_container(bed, &pod, &opts).await?;
+    leaks::scan("what the injector printed", &out.printed())?;
+    ok(&out, &pod)?;
+    ensure!(outcome(&out) == "created", "after the lapsed wait: {}", outcome(&out));
+    ensure!(out.stderr.contains("its claim lapsed without a Secret"), "no lapsed wait:\n{}", out.stderr);
+    ensure!(started.elapsed() < Duration::from_secs(30), "the far-future claim held the pod {:?}", started.elapsed());
+    ensure!(file(&out, "DB_PASSWORD")? == v, "the pod's file is not the backend's value");
+    check_secret(bed, &ns, &rs, &v).await?;
+    Ok(())
+}
+
+/// Deleted (orphaning, so its ReplicaSet's Secret outlives it) and made again
+/// under the same name: the new ReplicaSet has the old one's name but not its
+/// uid, and its pods get a Secret of their own with the backend's new value.
+async fn a_deployment_made_again_under_its_name_does_not_reuse_the_old_secret(bed: &Bed) -> Result<()> {
+    ctx(bed).await?;
+    let b = Backend::Vault;
+    let ns = namespace(bed, "sec-again").await?;
+    let v1 = value("again1");
+    seed(bed, b, &ns, &v1).await?;
+    deploy(bed, &ns, "web", 1, annotations(b, &ns, "secret")).await?;
+    let rs1 = newest_rs(bed, &ns, "web", 1).await?;
+    let pod = pods_of(bed, &ns, &rs1, 1).await?.remove(0);
+    ok(&run(bed, &pod).await?, &pod)?;
+    let old = secret_name(&rs1);
+    let before = check_secret(bed, &ns, &rs1, &v1).await?;
+
+    let v2 = value("again2");
+    seed(bed, b, &ns, &v2).await?;
+    let orphan = DeleteParams { propagation_policy: Some(PropagationPolicy::Orphan), ..Default::default() };
+    Api::<Deployment>::namespaced(bed.client.clone(), &ns).delete("web", &orphan).await?;
+    let rs_api = Api::<ReplicaSet>::namespaced(bed.client.clone(), &ns);
+    let rs1_name = rs1.metadata.name.clone().unwrap_or_default();
+    wait_until("the Deployment gone", Duration::from_secs(30), || async {
+        matches!(Api::<Deployment>::namespaced(bed.client.clone(), &ns).get_opt("web").await, Ok(None))
+    })
+    .await?;
+    rs_api.delete(&rs1_name, &orphan).await?;
+    wait_until("the old ReplicaSet gone", Duration::from_secs(30), || async {
+        matches!(rs_api.get_opt(&rs1_name).await, Ok(None))
+    })
+    .await?;
+    // Its orphaned pod goes too, or the new ReplicaSet would adopt it.
+    let pod_api = Api::<Pod>::namespaced(bed.client.clone(), &ns);
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    pod_api.delete(&pod_name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+    wait_until("the old pod gone", Duration::from_secs(30), || async {
+        matches!(pod_api.get_opt(&pod_name).await, Ok(None))
+    })
+    .await?;
+    // The garbage collector drops the gone owner from the Secret: an update
+    // the provenance policy lets through.
+    let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), &ns);
+    wait_until("the old Secret orphaned", Duration::from_secs(30), || async {
+        matches!(secrets.get_opt(&old).await, Ok(Some(s)) if s.metadata.owner_references.as_ref().is_none_or(Vec::is_empty))
+    })
+    .await?;
+
+    deploy(bed, &ns, "web", 1, annotations(b, &ns, "secret")).await?;
+    let rs2 = newest_rs(bed, &ns, "web", 1).await?;
+    ensure!(rs2.metadata.uid != rs1.metadata.uid, "the old ReplicaSet came back");
+    let new = secret_name(&rs2);
+    ensure!(new != old, "the new ReplicaSet's Secret has the old one's name {old}");
+    let pod2 = pods_of(bed, &ns, &rs2, 1).await?.remove(0);
+    check_env_from(&pod2, &new)?;
+    let out = run(bed, &pod2).await?;
+    ok(&out, &pod2)?;
+    ensure!(outcome(&out) == "created", "the re-made Deployment's pod: {}", outcome(&out));
+    check_secret(bed, &ns, &rs2, &v2).await?;
+    let after = secrets.get(&old).await?;
+    ensure!(after.data == before.data, "the old Secret changed");
+    eprintln!("    ReplicaSet {rs1_name} made again: Secret {old} left alone, {new} created");
+    Ok(())
+}
+
+/// The operator changes rotationRole and caBundle and the webhook restarts:
+/// a new pod of an existing revision still starts from its Secret, without a
+/// backend call (the digest covers only what the values depend on).
+async fn operator_fields_changing_leave_a_revisions_secret_in_use(bed: &Bed) -> Result<()> {
+    let c = ctx(bed).await?;
+    let b = Backend::Vault;
+    let ns = namespace(bed, "sec-operator").await?;
+    let v = value("operator");
+    seed(bed, b, &ns, &v).await?;
+    deploy(bed, &ns, "web", 1, annotations(b, &ns, "secret")).await?;
+    let rs = newest_rs(bed, &ns, "web", 1).await?;
+    let pod = pods_of(bed, &ns, &rs, 1).await?.remove(0);
+    let out = run(bed, &pod).await?;
+    ok(&out, &pod)?;
+    ensure!(outcome(&out) == "created", "first pod: {}", outcome(&out));
+
+    // The restarted webhook, with the new config, is asked first (mutating
+    // webhooks run in name order); the first one then sees the injector in place.
+    let ca = serde_json::to_string(&c._hook.ca_pem)?;
+    let config = config_yaml_at(
+        &c.vault.url,
+        &c.aws.url,
+        &c.aws.url,
+        &[("rotationRole", "keyhole-rotation-2"), ("caBundle", &ca)],
+        &[("defaultRole", ROLE_ARN), ("rotationRole", "arn:aws:iam::123456789012:role/rotation-2")],
+    );
+    let restarted = Webhook::start(&config).await?;
+    let hook_name = "a-keyhole-secret-e2e-restarted";
+    restarted.register(bed, hook_name, Some(&ns)).await?;
+    let result = async {
+        let patch = json!({"spec": {"replicas": 2}});
+        Api::<Deployment>::namespaced(bed.client.clone(), &ns)
+            .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let pods = pods_of(bed, &ns, &rs, 2).await?;
+        let new = pods.iter().find(|p| p.metadata.uid != pod.metadata.uid).context("no second pod")?;
+        let plan = plan_of(new)?.to_json();
+        ensure!(
+            plan.contains("caBundle") && plan.contains("keyhole-rotation-2"),
+            "the new pod's plan is the old config's"
+        );
+        let before = c.proxy(b).count();
+        let out = run(bed, new).await?;
+        ok(&out, new)?;
+        ensure!(outcome(&out) == "reused", "a new pod after the config change: {}", outcome(&out));
+        ensure!(c.proxy(b).count() == before, "the new pod called the backend");
+        Ok(())
+    }
+    .await;
+    Webhook::unregister(bed, hook_name).await?;
+    result
+}
+
+/// A StatefulSet's revision owns its Secret through its ControllerRevision, so
+/// revisions pruned from the history take their Secrets with them.
+async fn a_statefulset_revision_owns_its_secret(bed: &Bed) -> Result<()> {
+    ctx(bed).await?;
+    let b = Backend::Vault;
+    let ns = namespace(bed, "sec-sts").await?;
+    let v = value("sts");
+    seed(bed, b, &ns, &v).await?;
+    let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db"},
+        "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                 "template": {"metadata": {"labels": {"app": "db"}, "annotations": annotations(b, &ns, "secret")},
+                              "spec": {"serviceAccountName": SA, "automountServiceAccountToken": false,
+                                       "containers": [{"name": "app", "image": "registry.example/app:1"}]}}}
+    }))?;
+    Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(bed.client.clone(), &ns)
+        .create(&PostParams::default(), &sts)
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(bed.client.clone(), &ns);
+    wait_until("the StatefulSet's pod", Duration::from_secs(60), || async {
+        matches!(pods.get_opt("db-0").await, Ok(Some(_)))
+    })
+    .await?;
+    let pod = pods.get("db-0").await?;
+    let revision = pod.metadata.labels.as_ref().and_then(|l| l.get("controller-revision-hash")).cloned();
+    let revision = revision.context("db-0 has no controller-revision-hash")?;
+    let out = run(bed, &pod).await?;
+    ok(&out, &pod)?;
+    let crs: Api<k8s_openapi::api::apps::v1::ControllerRevision> = Api::namespaced(bed.client.clone(), &ns);
+    let cr = crs.get(&revision).await?;
+    let secrets: Api<Secret> = Api::namespaced(bed.client.clone(), &ns);
+    let list = secrets.list(&kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=keyhole")).await?;
+    let secret = list
+        .items
+        .into_iter()
+        .find(|s| s.metadata.name.as_deref().is_some_and(|n| !n.ends_with(".claim")))
+        .context("no Secret made")?;
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let owners = secret.metadata.owner_references.unwrap_or_default();
+    ensure!(
+        owners.len() == 1 && owners[0].kind == "ControllerRevision" && Some(&owners[0].uid) == cr.metadata.uid.as_ref(),
+        "{name} is not owned by ControllerRevision {revision}: {:?}",
+        owners.iter().map(|o| (&o.kind, &o.name)).collect::<Vec<_>>()
+    );
+    // The revision leaves the history: its Secret goes with it.
+    let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+    crs.delete(&revision, &dp).await?;
+    wait_until(&format!("{ns}/{name} garbage-collected"), Duration::from_secs(60), || async {
+        matches!(secrets.get_opt(&name).await, Ok(None))
+    })
+    .await?;
     Ok(())
 }
 

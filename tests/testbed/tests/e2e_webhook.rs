@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use keyhole_contract::names;
 use keyhole_testbed::proc::wait_until;
-use keyhole_testbed::webhook::{Webhook, config_yaml, repo_root};
+use keyhole_testbed::webhook::{Webhook, config_yaml, config_yaml_at, repo_root};
 use keyhole_testbed::{Bed, e2e_tests};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
@@ -19,6 +19,7 @@ fn main() {
         annotated_deployment_pods_come_out_mutated,
         pods_that_did_not_opt_in_never_reach_the_webhook,
         bad_reference_is_refused_at_create_with_the_message,
+        a_path_outside_the_namespaces_grant_is_refused_at_apply_and_at_pod_create,
         with_the_webhook_down_opted_in_pods_are_refused_and_others_still_start,
         with_the_webhook_down_only_template_changes_are_blocked,
         debug_containers_may_not_mount_the_backend_token,
@@ -159,6 +160,61 @@ async fn bad_reference_is_refused_at_create_with_the_message(bed: &Bed) -> Resul
         "message: {msg}"
     );
     Ok(())
+}
+
+/// A store scoped to one namespace and one path prefix: a Deployment and a bare
+/// pod reading outside it are refused with the annotation, the store and the
+/// allowed paths; inside it (the control) both pass, and are injected.
+async fn a_path_outside_the_namespaces_grant_is_refused_at_apply_and_at_pod_create(bed: &Bed) -> Result<()> {
+    hook(bed).await?;
+    let ns = bed.namespace("hook-tenant").await?;
+    let allow = format!(r#"[{{namespaces: ["{ns}"], roles: [app], paths: ["secret/{ns}/"]}}]"#);
+    let config = config_yaml_at(&bed.vault_addr, &bed.moto_url, &bed.moto_url, &[("allow", &allow)], &[]);
+    let scoped = Webhook::start(&config).await?;
+    // Named to run before the open webhook of the run, which would inject first.
+    let name = format!("a-keyhole-e2e-{ns}");
+    scoped.register(bed, &name, Some(&ns)).await?;
+    let result = async {
+        let annotations = |path: &str| {
+            json!({"keyhole.dev/inject": "true", "keyhole.dev/role": "app", "keyhole.dev/containers": "app",
+                   "keyhole.dev/secret-db": format!("{path}#password")})
+        };
+        let want = format!(
+            "keyhole.dev/secret-db: store \"vault\" lets namespace \"{ns}\" read secret/{ns}/ only; \"secret/other/db\" is outside"
+        );
+        let deployments = Api::<Deployment>::namespaced(bed.client.clone(), &ns);
+        let err = deployments
+            .create(&PostParams::default(), &deployment("outside", annotations("secret/other/db"))?)
+            .await
+            .err()
+            .context("a Deployment reading outside its grant was created")?;
+        ensure!(err.to_string().contains(&want), "at apply: {err}");
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "outside", "annotations": annotations("secret/other/db")},
+            "spec": {"securityContext": {"runAsUser": 1000},
+                     "containers": [{"name": "app", "image": "registry.example/app:1"}]}
+        }))?;
+        let pods_api = Api::<Pod>::namespaced(bed.client.clone(), &ns);
+        let err = pods_api.create(&PostParams::default(), &pod).await.err().context("the pod was created")?;
+        ensure!(err.to_string().contains(&want), "at pod create: {err}");
+
+        // Control: inside the grant.
+        deployments
+            .create(&PostParams::default(), &deployment("inside", annotations(&format!("secret/{ns}/db")))?)
+            .await
+            .context("a Deployment inside its grant was refused")?;
+        let mut inside = pod.clone();
+        inside.metadata.name = Some("inside".into());
+        inside.metadata.annotations =
+            Some(serde_json::from_value(annotations(&format!("secret/{ns}/db")))?);
+        let made = pods_api.create(&PostParams::default(), &inside).await.context("a pod inside its grant")?;
+        let injected = made.spec.and_then(|s| s.init_containers).unwrap_or_default();
+        ensure!(injected.iter().any(|c| c.name == names::INJECTOR_CONTAINER), "the pod inside its grant was not injected");
+        Ok(())
+    }
+    .await;
+    Webhook::unregister(bed, &name).await?;
+    result
 }
 
 async fn with_the_webhook_down_opted_in_pods_are_refused_and_others_still_start(bed: &Bed) -> Result<()> {
