@@ -115,6 +115,16 @@ fn deployment(name: &str, annotations: Value) -> Result<Deployment> {
     }))?)
 }
 
+/// A template reading `secret/<ns>/db#password` from the `vault` store with role `<ns>`.
+fn vault_annotations(ns: &str) -> Value {
+    json!({
+        "keyhole.dev/inject": "true",
+        "keyhole.dev/store": "vault",
+        "keyhole.dev/role": ns,
+        "keyhole.dev/secret-db": format!("secret/{ns}/db#password"),
+    })
+}
+
 fn ssm_annotations(ns: &str, reference: &str) -> Value {
     json!({
         "keyhole.dev/inject": "true",
@@ -270,12 +280,7 @@ async fn vault_kv2_new_version_rolls_and_the_new_pod_gets_it(bed: &Bed) -> Resul
     let path = format!("secret/data/{ns}/db");
     bed.vault("POST", &path, Some(json!({"data": {"password": p1}}))).await?;
     let ctrl = env.controller(bed, "ctrl").await?;
-    let ann = json!({
-        "keyhole.dev/inject": "true",
-        "keyhole.dev/store": "vault",
-        "keyhole.dev/role": ns,
-        "keyhole.dev/secret-db": format!("secret/{ns}/db#password"),
-    });
+    let ann = vault_annotations(ns);
     create(bed, ns, &deployment("api", ann)?).await?;
     let reference = format!("secret/{ns}/db");
     wait_observed(bed, ns, "api", &format!("{{\"{reference}\":1}}")).await?;
@@ -694,12 +699,7 @@ async fn vault_tokens_are_revoked_after_use(bed: &Bed) -> Result<()> {
     let value = secret("rev1");
     bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"password": value}}))).await?;
     let mut ctrl = env.controller(bed, "ctrl").await?;
-    let ann = json!({
-        "keyhole.dev/inject": "true",
-        "keyhole.dev/store": "vault",
-        "keyhole.dev/role": ns,
-        "keyhole.dev/secret-db": format!("secret/{ns}/db#password"),
-    });
+    let ann = vault_annotations(ns);
     create(bed, ns, &deployment("api", ann)?).await?;
     wait_observed(bed, ns, "api", &format!("{{\"secret/{ns}/db\":1}}")).await?;
     // The control: the look-up below sees a live token.
