@@ -73,6 +73,8 @@ pub struct Controller {
     written: HashMap<String, (Option<String>, Versions)>,
     /// Workloads already told about (unreadable, nothing to watch), by uid and resourceVersion.
     told: HashSet<(String, Option<String>)>,
+    /// Opted-in workloads not rotated, and why: a Warning event each at the next poll.
+    refused: Vec<(Candidate, String)>,
     budget: RolloutBudget,
 }
 
@@ -140,6 +142,7 @@ impl Controller {
             pending: HashMap::new(),
             written: HashMap::new(),
             told: HashSet::new(),
+            refused: Vec::new(),
             budget,
         };
         (controller, wake, vec![t1, t2, t3])
@@ -213,11 +216,13 @@ impl Controller {
                 Interest::Unreadable(e) => {
                     if self.told.insert(first_time()) {
                         warn!(workload = %c.key(), reason = %e, "annotations do not parse; not rotated");
+                        self.refused.push((c, format!("not rotated: the annotations do not parse: {e}")));
                     }
                 }
                 Interest::Denied(e) => {
                     if self.told.insert(first_time()) {
                         warn!(workload = %c.key(), reason = %e, "outside what the store grants its namespace; nothing looked up, not rotated");
+                        self.refused.push((c, format!("not rotated, nothing looked up: {e}")));
                     }
                 }
             }
@@ -247,6 +252,10 @@ impl Controller {
     pub async fn poll(&mut self) -> PollReport {
         let started = Instant::now();
         let watched = self.candidates();
+        // Said once per resourceVersion, where `kubectl describe` shows it.
+        for (c, note) in std::mem::take(&mut self.refused) {
+            workload::warning(&self.recorder, &c, workload::REASON_REFUSED, note).await;
+        }
         self.metrics.workloads.set(watched.len() as i64);
         let mut report = PollReport { watched: watched.len(), ..Default::default() };
         let tick = self.settings.interval;

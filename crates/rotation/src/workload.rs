@@ -18,6 +18,8 @@ pub const FIELD_MANAGER: &str = "keyhole-rotation";
 /// Event reasons.
 pub const REASON_ROTATED: &str = "SecretRotated";
 pub const REASON_TRIGGERED: &str = "RolloutTriggered";
+/// Warning: the workload opts in but is not rotated (annotations, grants).
+pub const REASON_REFUSED: &str = "RotationRefused";
 
 /// The kinds the controller rolls; `kind/name` targets of `roll` name one of these.
 pub use keyhole_contract::WorkloadKind as Kind;
@@ -178,13 +180,28 @@ pub async fn patch(client: &kube::Client, c: &Candidate, body: &Value) -> Result
 
 /// Publishes a Normal event on the workload; a failure is only logged.
 pub async fn event(recorder: &Recorder, c: &Candidate, reason: &str, note: String) {
-    let ev = Event {
-        type_: EventType::Normal,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Rollout".to_owned(),
-        secondary: None,
-    };
+    publish(recorder, c, EventType::Normal, reason, note).await
+}
+
+/// [`event`], of type Warning.
+pub async fn warning(recorder: &Recorder, c: &Candidate, reason: &str, note: String) {
+    publish(recorder, c, EventType::Warning, reason, note).await
+}
+
+/// An Event's note may hold 1 KiB: longer ones are cut at a character boundary.
+const MAX_NOTE: usize = 1000;
+
+async fn publish(recorder: &Recorder, c: &Candidate, type_: EventType, reason: &str, mut note: String) {
+    if note.len() > MAX_NOTE {
+        let mut cut = MAX_NOTE - 3;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    let ev =
+        Event { type_, reason: reason.to_owned(), note: Some(note), action: "Rollout".to_owned(), secondary: None };
     if let Err(e) = recorder.publish(&ev, &c.reference).await {
         tracing::warn!(workload = %c.key(), error = %e, "could not publish the event");
     }

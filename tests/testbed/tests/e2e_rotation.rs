@@ -671,6 +671,15 @@ async fn references_outside_the_namespaces_grants_are_never_looked_up(bed: &Bed)
     ] {
         ensure!(log.contains(&needle), "the log lacks {needle:?}:\n{log}");
     }
+    wait_until("a RotationRefused event", Duration::from_secs(30), || async {
+        events(bed, ns, "outside", "RotationRefused").await.is_ok_and(|e| !e.is_empty())
+    })
+    .await?;
+    let warned = events(bed, ns, "outside", "RotationRefused").await?;
+    let note = warned[0].note.clone().unwrap_or_default();
+    ensure!(warned[0].type_.as_deref() == Some("Warning"), "RotationRefused is not a Warning");
+    ensure!(note.contains(&format!("\"secret/{ns}/other/db\" is outside")), "event note {note:?}");
+    ensure!(events(bed, ns, "inside", "RotationRefused").await?.is_empty(), "the control was refused too");
     finish(&[&ctrl])
 }
 
