@@ -282,7 +282,9 @@ pub async fn fetch(ctx: &Ctx, store: &VaultStore, items: &[PlanItem]) -> Result<
     let refs = vault_refs(items)?;
     let session = Arc::new(login(ctx, store).await?);
     let values = read_all(ctx, &session, &refs).await;
-    revoke(&session, &ctx.store, ctx.deadline).await;
+    // Its own 2 s: slow reads may have spent the deadline, and a token left
+    // alive lives to its TTL.
+    revoke(&session, &ctx.store, tokio::time::Instant::now() + Duration::from_secs(2)).await;
     values
 }
 

@@ -202,8 +202,8 @@ pub fn build(spec: &InjectSpec, stores: &Stores, pod: &PodFacts) -> Result<Plan,
 fn revision_base(owner: &str, revision: Option<&str>) -> String {
     match revision {
         None => owner.to_owned(),
-        Some(rev) if owner.ends_with(rev) => owner.to_owned(),
-        Some(rev) if rev.starts_with(owner) => rev.to_owned(),
+        Some(rev) if owner.ends_with(&format!("-{rev}")) => owner.to_owned(),
+        Some(rev) if rev.starts_with(&format!("{owner}-")) => rev.to_owned(),
         Some(rev) => format!("{owner}-{rev}"),
     }
 }
@@ -354,6 +354,7 @@ mod tests {
         assert_eq!(t.revision, None, "a ReplicaSet is its own revision");
         assert_eq!(revision_base("web", Some("web-6c5d")), "web-6c5d");
         assert_eq!(revision_base("job", Some("abc")), "job-abc");
+        assert_eq!(revision_base("b", Some("b7c9f")), "b-b7c9f", "a hash that starts like its owner is still a hash");
         assert_eq!(t.owner.as_ref(), Some(&owner));
         assert_eq!(plan.output_dir, None);
         assert!(secret_name(&"x".repeat(300)).len() <= 253);

@@ -44,12 +44,12 @@ pub enum Error {
     #[error(
         "{annotation}: {store}: {object} carries keyhole's label but was not made by this pod's service account {ours:?} (it names {made_by}): keyhole uses only Secrets and claims its own service account made, so someone else in the namespace may have planted it; find out who, delete it, and install manifests/secret-provenance.yaml, which refuses such Secrets at create",
         annotation = annotations::OUTPUT,
-        made_by = made_by.as_deref().map(|m| format!("{m:?}")).unwrap_or_else(|| "none".into())
+        made_by = made_by.as_deref().map(|m| format!("{:?}", m.chars().take(100).collect::<String>())).unwrap_or_else(|| "none".into())
     )]
     SecretNotOurs { store: StoreRef, object: String, made_by: Option<String>, ours: String },
 
     #[error(
-        "{annotation}: {store}: {object} looks like keyhole's, but this cluster does not enforce keyhole's Secret provenance policy, so anyone in the namespace who may create Secrets could have made it: keyhole uses no existing Secret until the policy is installed (kubectl apply -f manifests/secret-provenance.yaml)",
+        "{annotation}: {store}: {object} looks like keyhole's, but this cluster does not enforce keyhole's Secret provenance policy, so anyone in the namespace who may create Secrets could have made it: keyhole uses no existing Secret until the policy is installed (kubectl apply -f manifests/secret-provenance.yaml); once it is, delete the keyhole Secrets made before it, which it did not vet",
         annotation = annotations::OUTPUT
     )]
     SecretUnverified { store: StoreRef, object: String },

@@ -36,6 +36,8 @@ pub const PLAN_DIGEST_ANNOTATION: &str = "keyhole.dev/plan-digest";
 pub const CREATED_BY_ANNOTATION: &str = "keyhole.dev/created-by";
 /// Annotation on a claim: until when (Unix seconds) its pod may be fetching.
 pub const CLAIM_EXPIRES_ANNOTATION: &str = "keyhole.dev/claim-expires";
+/// How the API server names keyhole's policy when it refuses a request.
+const PROVENANCE_POLICY: &str = "ValidatingAdmissionPolicy 'keyhole-secret-provenance'";
 /// One look for the Secret while waiting on another pod's claim, retries included.
 const POLL_DEADLINE: Duration = Duration::from_secs(5);
 /// Suffix of the claim's name: a dot, so it cannot clash with a revision's name.
@@ -261,11 +263,21 @@ impl Target {
                 retry(deadline, doing, || async {
                     match self.api.create(&dry, &probe).await {
                         Ok(_) => Ok(false),
+                        // Only keyhole's own policy counts: another engine's
+                        // refusal says nothing about who may write the label.
                         Err(kube::Error::Api(status))
-                            if (status.code == 403 || status.code == 422)
-                                && status.message.contains(names::SERVICE_ACCOUNT_ANNOTATION) =>
+                            if status.code == 403 && status.message.contains(PROVENANCE_POLICY) =>
                         {
                             Ok(true)
+                        }
+                        Err(kube::Error::Api(status)) if status.code == 400 && status.message.contains("dry") => {
+                            Err(Failure::new(
+                                Class::Permanent,
+                                format!(
+                                    "the API server refused a dry run ({}): a webhook on Secrets without sideEffects: None? keyhole checks its provenance policy with one",
+                                    status.message
+                                ),
+                            ))
                         }
                         Err(e) => Err(failure(&e)),
                     }

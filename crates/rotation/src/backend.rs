@@ -166,9 +166,11 @@ enum Verdict {
 /// gets: there the session is asked about itself (`lookup-self`).
 fn verdict(kind: StoreKind, answers: &BTreeMap<String, Answer>) -> Verdict {
     let classes: Vec<Class> = answers.values().filter_map(|a| a.as_ref().err()?.class()).collect();
+    // A token that just answered for one path is alive, whatever a 403 on another says.
+    let answered = answers.values().any(Result::is_ok);
     if classes.contains(&Class::Auth) {
         Verdict::Drop
-    } else if kind == StoreKind::Vault && classes.contains(&Class::Denied) {
+    } else if kind == StoreKind::Vault && classes.contains(&Class::Denied) && !answered {
         Verdict::Ask
     } else {
         Verdict::Keep
@@ -251,8 +253,12 @@ impl Backends {
         if round.session_ok {
             self.remember(name, &round.answers);
         } else {
-            // Expired or no longer taken: the next poll logs in again.
-            self.sessions.lock().await.remove(name);
+            // Expired or no longer taken: the next poll logs in again, and
+            // the old token is revoked in case the server still knows it.
+            let dropped = self.sessions.lock().await.remove(name);
+            if let Some(Cached { conn: Conn::Vault { session, .. }, .. }) = dropped {
+                self.revoke(name, &session, tokio::time::Instant::now() + REVOKE_DEADLINE).await;
+            }
         }
         out.extend(round.answers);
         out
@@ -507,7 +513,8 @@ impl Backends {
             Verdict::Drop => false,
             Verdict::Ask => {
                 self.metrics.request(name, "lookup-self");
-                session.token_valid(deadline(round_end)).await.unwrap_or(false)
+                // No answer (transport, 5xx) says nothing against the token.
+                session.token_valid(deadline(round_end)).await.unwrap_or(true)
             }
         }
     }
@@ -563,6 +570,8 @@ mod tests {
         assert_eq!(verdict(StoreKind::AwsSsm, &round(vec![failed(Class::Transient)])), Verdict::Keep);
         assert_eq!(verdict(StoreKind::AwsSsm, &round(vec![failed(Class::Denied)])), Verdict::Keep, "AccessDenied");
         assert_eq!(verdict(StoreKind::Vault, &round(vec![failed(Class::Denied)])), Verdict::Ask, "a 403");
+        let one_read = round(vec![Ok(Found::Version(2)), failed(Class::Denied)]);
+        assert_eq!(verdict(StoreKind::Vault, &one_read), Verdict::Keep, "a token that just answered is alive");
         let expired = round(vec![failed(Class::Denied), failed(Class::Auth)]);
         assert_eq!(verdict(StoreKind::AwsSsm, &expired), Verdict::Drop);
         assert_eq!(verdict(StoreKind::Vault, &expired), Verdict::Drop);

@@ -541,6 +541,42 @@ async fn a_secret_or_claim_planted_by_another_service_account_is_refused(bed: &B
     ensure!(started.elapsed() < Duration::from_secs(30), "the far-future claim held the pod {:?}", started.elapsed());
     ensure!(file(&out, "DB_PASSWORD")? == v, "the pod's file is not the backend's value");
     check_secret(bed, &ns, &rs, &v).await?;
+
+    // Nor can the intruder, even allowed to delete and patch Secrets, clear the
+    // name for one of its own: deleting the real Secret and dropping its
+    // owners (so the garbage collector would) are refused.
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": {"name": "intruder-more"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["delete", "patch"]}]
+    }))?;
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(bed.client.clone(), &ns)
+        .create(&PostParams::default(), &role)
+        .await?;
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "intruder-more"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "intruder-more"},
+        "subjects": [{"kind": "ServiceAccount", "name": INTRUDER, "namespace": ns}]
+    }))?;
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(bed.client.clone(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    let deleted = intruder.delete(&name, &DeleteParams::default()).await;
+    ensure!(
+        matches!(&deleted, Err(kube::Error::Api(s)) if s.message.contains("may not delete it")),
+        "the intruder's delete of {name}: {:?}",
+        deleted.map(|_| ())
+    );
+    let patch = json!({"metadata": {"ownerReferences": null}});
+    let patched = intruder.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+    ensure!(
+        matches!(&patched, Err(kube::Error::Api(s)) if s.message.contains("may change its owners")),
+        "the intruder's patch of {name}'s owners: {:?}",
+        patched.map(|_| ())
+    );
+    // Control: an unrelated change by the intruder passes.
+    let label = json!({"metadata": {"labels": {"team": "x"}}});
+    intruder.patch(&name, &PatchParams::default(), &Patch::Merge(&label)).await.context("an ordinary label patch")?;
+    check_secret(bed, &ns, &rs, &v).await?;
     Ok(())
 }
 
