@@ -153,7 +153,7 @@ pub fn rotated_note(moves: &[Move], refs: &BTreeMap<String, Vec<String>>, digest
             format!("{annotations} ({}) moved from version {} to {}", m.reference, m.from, m.to)
         })
         .collect();
-    truncate(format!("{}; set {VERSIONS}={digest} to roll out", parts.join("; ")), 1000)
+    truncate(format!("{}; set {VERSIONS}={digest} to roll out", parts.join("; ")), MAX_NOTE)
 }
 
 fn truncate(mut s: String, max: usize) -> String {
@@ -191,17 +191,9 @@ pub async fn warning(recorder: &Recorder, c: &Candidate, reason: &str, note: Str
 /// An Event's note may hold 1 KiB: longer ones are cut at a character boundary.
 const MAX_NOTE: usize = 1000;
 
-async fn publish(recorder: &Recorder, c: &Candidate, type_: EventType, reason: &str, mut note: String) {
-    if note.len() > MAX_NOTE {
-        let mut cut = MAX_NOTE - 3;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-        note.push_str("...");
-    }
-    let ev =
-        Event { type_, reason: reason.to_owned(), note: Some(note), action: "Rollout".to_owned(), secondary: None };
+async fn publish(recorder: &Recorder, c: &Candidate, type_: EventType, reason: &str, note: String) {
+    let note = Some(truncate(note, MAX_NOTE));
+    let ev = Event { type_, reason: reason.to_owned(), note, action: "Rollout".to_owned(), secondary: None };
     if let Err(e) = recorder.publish(&ev, &c.reference).await {
         tracing::warn!(workload = %c.key(), error = %e, "could not publish the event");
     }
