@@ -89,19 +89,12 @@ impl Error {
             SecretError::Api { doing, reason } => Error::SecretApi { store, secret, doing, reason },
             SecretError::Foreign => Error::SecretForeign { store, secret },
             SecretError::OtherPlan { found, wanted } => Error::SecretOtherPlan { store, secret, found, wanted },
-            SecretError::NotOurs { object, made_by, ours } => {
-                Error::SecretNotOurs { store, object: format!("Secret {object}"), made_by, ours }
+            SecretError::NotOurs { object, made_by, ours } => Error::SecretNotOurs { store, object, made_by, ours },
+            SecretError::Unverified { object } => Error::SecretUnverified { store, object },
+            SecretError::OtherOwner { object, found, wanted } => {
+                Error::SecretOtherOwner { store, object, found, wanted }
             }
-            SecretError::Unverified { object } => Error::SecretUnverified { store, object: format!("Secret {object}") },
-            SecretError::OtherOwner { object, found, wanted } => Error::SecretOtherOwner {
-                store,
-                object: if object.contains(' ') { object } else { format!("Secret {object}") },
-                found,
-                wanted,
-            },
-            SecretError::Malformed { object, reason } => {
-                Error::SecretMalformed { store, object: format!("Secret {object}"), reason }
-            }
+            SecretError::Malformed { object, reason } => Error::SecretMalformed { store, object, reason },
         }
     }
 

@@ -91,7 +91,7 @@ pub enum SecretError {
     /// The name is taken by a Secret keyhole does not manage.
     Foreign,
     /// Labelled as keyhole's, but not made by this pod's service account:
-    /// someone else in the namespace made it. `object` is its name.
+    /// someone else in the namespace made it. `object` is its kind and name.
     NotOurs { object: String, made_by: Option<String>, ours: String },
     /// It passes every check, but the API server does not enforce the
     /// provenance policy, so its service account annotation proves nothing.
@@ -296,7 +296,7 @@ impl Target {
         expect: &Expect<'_>,
         deadline: Instant,
     ) -> Result<Vec<(String, SecretString)>, SecretError> {
-        let object = format!("{}/{}", self.namespace, secret.metadata.name.as_deref().unwrap_or("-"));
+        let object = format!("Secret {}/{}", self.namespace, secret.metadata.name.as_deref().unwrap_or("-"));
         let values = check(&self.namespace, secret, expect)?;
         if self.provenance_enforced(deadline).await? { Ok(values) } else { Err(SecretError::Unverified { object }) }
     }
@@ -346,8 +346,8 @@ impl Target {
             return Ok(Claim::Ours);
         };
         let expect = Expect { service_account: &self.service_account, owner_uid: &self.owner.uid, plan: None };
-        self.trusted(found.clone(), &expect, deadline).await?;
-        let annotations = found.metadata.annotations.unwrap_or_default();
+        let annotations = found.metadata.annotations.clone().unwrap_or_default();
+        self.trusted(found, &expect, deadline).await?;
         let until_unix: u64 = annotations.get(CLAIM_EXPIRES_ANNOTATION).and_then(|v| v.parse().ok()).unwrap_or(0);
         let holder = annotations.get(CREATED_BY_ANNOTATION).cloned().unwrap_or_else(|| "another pod".into());
         match until_unix.checked_sub(unix_now()).filter(|s| *s > 0) {
@@ -469,7 +469,7 @@ fn check(namespace: &str, mut secret: Secret, expect: &Expect<'_>) -> Result<Vec
 
 fn verify(namespace: &str, secret: &Secret, expect: &Expect<'_>) -> Result<Vec<(String, SecretString)>, SecretError> {
     let meta = &secret.metadata;
-    let object = format!("{namespace}/{}", meta.name.as_deref().unwrap_or("-"));
+    let object = format!("Secret {namespace}/{}", meta.name.as_deref().unwrap_or("-"));
     if meta.labels.as_ref().and_then(|l| l.get(names::MANAGED_BY_LABEL)).map(String::as_str)
         != Some(names::MANAGED_BY_VALUE)
     {
@@ -669,7 +669,7 @@ mod tests {
             Err(SecretError::NotOurs { object, made_by, ours }) => {
                 assert_eq!(
                     (object.as_str(), made_by.as_deref(), ours.as_str()),
-                    ("ns/keyhole-web-1", Some("intruder"), SA)
+                    ("Secret ns/keyhole-web-1", Some("intruder"), SA)
                 )
             }
             other => panic!("a Secret of another service account must be refused: {:?}", other.map(|v| v.len())),

@@ -92,7 +92,12 @@ fn value(what: &str) -> String {
 
 /// Runs the pod's injector as the kubelet would; fails if it printed a value or token.
 async fn run(bed: &Bed, pod: &Pod) -> Result<InitOutcome> {
-    let out = run_init_container(bed, pod, &InitOpts::default()).await?;
+    run_with(bed, pod, &InitOpts::default()).await
+}
+
+/// [`run`] with `opts` (extra env, timeout).
+async fn run_with(bed: &Bed, pod: &Pod, opts: &InitOpts) -> Result<InitOutcome> {
+    let out = run_init_container(bed, pod, opts).await?;
     leaks::remember_all(out.tokens.iter().cloned());
     leaks::scan(
         &format!("what the injector of {} printed", pod.metadata.name.as_deref().unwrap_or("-")),
@@ -155,6 +160,15 @@ async fn deploy(bed: &Bed, ns: &str, name: &str, replicas: i32, annotations: Val
     let app = json!({"name": "app", "image": "registry.example/app:1"});
     let d = keyhole_testbed::app::deployment(name, SA, replicas, annotations, app)?;
     Ok(Api::<Deployment>::namespaced(bed.client.clone(), ns).create(&PostParams::default(), &d).await?)
+}
+
+/// Deletes the Secret `name` through `api` and waits until it is gone.
+async fn delete_secret(api: &Api<Secret>, name: &str) -> Result<()> {
+    api.delete(name, &DeleteParams::default()).await?;
+    wait_until(&format!("Secret {name} deleted"), Duration::from_secs(30), || async {
+        matches!(api.get_opt(name).await, Ok(None))
+    })
+    .await
 }
 
 async fn get_secret(bed: &Bed, ns: &str, name: &str) -> Result<Option<Secret>> {
@@ -401,11 +415,7 @@ async fn a_foreign_or_other_plan_secret_is_an_error_and_is_left_untouched(bed: &
         );
         let written = std::fs::read_dir(out.volume(names::SECRETS_VOLUME)?)?.count();
         ensure!(written == 0, "{written} entries written to the volume on failure");
-        api.delete(&name, &DeleteParams::default()).await?;
-        wait_until("the Secret deleted", Duration::from_secs(30), || async {
-            matches!(api.get_opt(&name).await, Ok(None))
-        })
-        .await?;
+        delete_secret(&api, &name).await?;
     }
     Ok(())
 }
@@ -507,11 +517,7 @@ async fn a_secret_or_claim_planted_by_another_service_account_is_refused(bed: &B
             ensure!(c.proxy(b).count() == before, "the backend was called past a planted {object_name}");
             let written = std::fs::read_dir(out.volume(names::SECRETS_VOLUME)?)?.count();
             ensure!(written == 0, "{written} entries written to the volume past a planted {object_name}");
-            admin.delete(&object_name, &DeleteParams::default()).await?;
-            wait_until("the planted object deleted", Duration::from_secs(30), || async {
-                matches!(admin.get_opt(&object_name).await, Ok(None))
-            })
-            .await
+            delete_secret(admin, &object_name).await
         }
     };
     let not_ours = "carries keyhole's label but was not made by this pod's service account";
@@ -533,8 +539,7 @@ async fn a_secret_or_claim_planted_by_another_service_account_is_refused(bed: &B
     victim.create(&PostParams::default(), &claim_of(&rs, SA, far)?).await?;
     let opts = InitOpts { extra_env: vec![("KEYHOLE_DEADLINE".into(), "3".into())], ..InitOpts::default() };
     let started = std::time::Instant::now();
-    let out = run_init_container(bed, &pod, &opts).await?;
-    leaks::scan("what the injector printed", &out.printed())?;
+    let out = run_with(bed, &pod, &opts).await?;
     ok(&out, &pod)?;
     ensure!(outcome(&out) == "created", "after the lapsed wait: {}", outcome(&out));
     ensure!(out.stderr.contains("its claim lapsed without a Secret"), "no lapsed wait:\n{}", out.stderr);
