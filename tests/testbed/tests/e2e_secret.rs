@@ -162,6 +162,19 @@ async fn deploy(bed: &Bed, ns: &str, name: &str, replicas: i32, annotations: Val
     Ok(Api::<Deployment>::namespaced(bed.client.clone(), ns).create(&PostParams::default(), &d).await?)
 }
 
+/// Binds Role `role` of `ns` to its service account `sa`.
+async fn bind_role(bed: &Bed, ns: &str, role: &str, sa: &str) -> Result<()> {
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": format!("{sa}-{role}")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]
+    }))?;
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(bed.client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    Ok(())
+}
+
 /// Deletes the Secret `name` through `api` and waits until it is gone.
 async fn delete_secret(api: &Api<Secret>, name: &str) -> Result<()> {
     api.delete(name, &DeleteParams::default()).await?;
@@ -459,14 +472,7 @@ async fn a_secret_or_claim_planted_by_another_service_account_is_refused(bed: &B
     let b = Backend::Aws;
     let ns = namespace(bed, "sec-plant").await?;
     create_service_account(&bed.client, &ns, INTRUDER).await?;
-    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "intruder-keyhole-secret-output"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "keyhole-secret-output"},
-        "subjects": [{"kind": "ServiceAccount", "name": INTRUDER, "namespace": ns}]
-    }))?;
-    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(bed.client.clone(), &ns)
-        .create(&PostParams::default(), &binding)
-        .await?;
+    bind_role(bed, &ns, "keyhole-secret-output", INTRUDER).await?;
     let v = value("plant");
     seed(bed, b, &ns, &v).await?;
     deploy(bed, &ns, "web", 1, annotations(b, &ns, "both")).await?;
@@ -557,14 +563,7 @@ async fn a_secret_or_claim_planted_by_another_service_account_is_refused(bed: &B
     Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(bed.client.clone(), &ns)
         .create(&PostParams::default(), &role)
         .await?;
-    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "intruder-more"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "intruder-more"},
-        "subjects": [{"kind": "ServiceAccount", "name": INTRUDER, "namespace": ns}]
-    }))?;
-    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(bed.client.clone(), &ns)
-        .create(&PostParams::default(), &binding)
-        .await?;
+    bind_role(bed, &ns, "intruder-more", INTRUDER).await?;
     let deleted = intruder.delete(&name, &DeleteParams::default()).await;
     ensure!(
         matches!(&deleted, Err(kube::Error::Api(s)) if s.message.contains("may not delete it")),
