@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 export KEYHOLE_CACHE ?= $(HOME)/.cache/keyhole
+# keyhole_build_info{commit}: read at compile time, the same for every target so
+# that no target rebuilds what another built.
+export KEYHOLE_COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 # One build for every target: the same packages, targets and features each time,
 # so `make demo` after `make test` (or the reverse) builds nothing again. Test
 # targets are in it because their dev-dependencies change the features of shared

@@ -56,5 +56,6 @@ patches:
   patch: |-
     - {op: add, path: /webhooks/0/clientConfig/caBundle, value: $ca_b64}
     - {op: add, path: /webhooks/1/clientConfig/caBundle, value: $ca_b64}
+    - {op: add, path: /webhooks/2/clientConfig/caBundle, value: $ca_b64}
 YAML
 echo "certs: CA and serving certificate in $out; install with: kubectl apply -k $out/overlay"

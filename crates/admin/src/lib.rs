@@ -1,8 +1,11 @@
 //! keyhole-admin: what every keyhole server shares, so that they behave alike.
 //! The admin endpoints (`/metrics` in OpenMetrics text, `/healthz`, `/readyz`),
-//! the plain-HTTP listener that serves them until told to stop, the shutdown
+//! the metrics every server shares ([`metrics`]: build info, process), the
+//! plain-HTTP listener that serves them until told to stop, the shutdown
 //! signal (SIGTERM or Ctrl-C), and the logging set-up (JSON in production).
 #![forbid(unsafe_code)]
+
+pub mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,21 +24,37 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 
 /// What a server tells its admin endpoints.
 pub trait Admin: Send + Sync + 'static {
-    /// The metrics, encoded as OpenMetrics text.
+    /// The metrics, encoded as OpenMetrics text (one `# EOF`): a registry with
+    /// [`metrics::register`] at its root and the server's families below it.
     fn metrics(&self) -> String;
-    /// `Err(why)` while the server should get no traffic (starting, draining).
+    /// `Err(why)` while the server should get no traffic (starting, draining):
+    /// `/readyz` answers 503 with `why`.
     fn ready(&self) -> Result<(), &'static str> {
+        Ok(())
+    }
+    /// `Err(why)` when the server is stuck and only a restart helps: `/healthz`
+    /// answers 503 with `why`, and the kubelet restarts the container. Called on
+    /// every probe: cheap, no I/O.
+    fn live(&self) -> Result<(), &'static str> {
         Ok(())
     }
 }
 
-/// `/healthz` and `/readyz`, for any listener.
+/// `/healthz` (liveness) and `/readyz` (readiness), for any listener.
 pub fn probes(admin: Arc<dyn Admin>) -> Router {
-    Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz)).with_state(admin)
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(admin)
+}
+
+async fn healthz(State(admin): State<Arc<dyn Admin>>) -> impl IntoResponse {
+    answer(admin.live())
 }
 
 async fn readyz(State(admin): State<Arc<dyn Admin>>) -> impl IntoResponse {
-    match admin.ready() {
+    answer(admin.ready())
+}
+
+fn answer(state: Result<(), &'static str>) -> (StatusCode, &'static str) {
+    match state {
         Ok(()) => (StatusCode::OK, "ok"),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
@@ -107,4 +126,50 @@ pub fn init_logs(format: LogFormat, default_filter: &str) {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    struct Probe {
+        stuck: AtomicBool,
+    }
+
+    impl Admin for Probe {
+        fn metrics(&self) -> String {
+            "# EOF\n".into()
+        }
+        fn ready(&self) -> Result<(), &'static str> {
+            Err("starting")
+        }
+        fn live(&self) -> Result<(), &'static str> {
+            if self.stuck.load(Ordering::Relaxed) { Err("the loop stopped") } else { Ok(()) }
+        }
+    }
+
+    async fn get(router: &Router, path: &str) -> (StatusCode, String) {
+        let r = router.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        let status = r.status();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn healthz_asks_live_and_readyz_asks_ready() {
+        let probe = Arc::new(Probe { stuck: AtomicBool::new(false) });
+        let router = router(probe.clone());
+        assert_eq!(get(&router, "/healthz").await, (StatusCode::OK, "ok".into()));
+        assert_eq!(get(&router, "/readyz").await, (StatusCode::SERVICE_UNAVAILABLE, "starting".into()));
+        probe.stuck.store(true, Ordering::Relaxed);
+        assert_eq!(get(&router, "/healthz").await, (StatusCode::SERVICE_UNAVAILABLE, "the loop stopped".into()));
+        let (status, body) = get(&router, "/metrics").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "# EOF\n"));
+    }
 }

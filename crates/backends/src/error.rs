@@ -10,6 +10,8 @@ use std::fmt;
 use keyhole_contract::StoreKind;
 use keyhole_contract::annotations;
 
+use crate::retry::Class;
+
 /// The store an error happened on: `store "aws" (aws-ssm)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreRef {
@@ -45,10 +47,10 @@ pub enum Error {
     Token { store: StoreRef, path: String, reason: TokenError },
 
     #[error("{annotation}: {store}: AssumeRoleWithWebIdentity for role {role} failed: {reason}", annotation = annotations::ROLE)]
-    AssumeRole { store: StoreRef, role: String, reason: String },
+    AssumeRole { store: StoreRef, role: String, reason: String, class: Class },
 
     #[error("{annotation}: {store}: {method} login at auth/{mount} with role {role:?} failed: {reason}", annotation = annotations::ROLE)]
-    VaultLogin { store: StoreRef, method: &'static str, mount: String, role: String, reason: String },
+    VaultLogin { store: StoreRef, method: &'static str, mount: String, role: String, reason: String, class: Class },
 
     #[error("{annotations}: {store}: GetParameters for {names} failed: {reason}")]
     GetParameters { annotations: Joined, store: StoreRef, names: Joined, reason: String },
@@ -82,6 +84,17 @@ pub enum Error {
 
     #[error("{annotation}: {store}: the Vault client cannot be built: {reason}", annotation = annotations::STORE)]
     VaultClient { store: StoreRef, reason: VaultClientError },
+}
+
+impl Error {
+    /// How a login failed (for the rotation controller's metrics); `None` for
+    /// the errors that are not a backend's answer to a login.
+    pub fn login_class(&self) -> Option<Class> {
+        match self {
+            Error::AssumeRole { class, .. } | Error::VaultLogin { class, .. } => Some(*class),
+            _ => None,
+        }
+    }
 }
 
 /// Why a projected token could not be read. Never holds the token.

@@ -26,6 +26,8 @@ pub enum Class {
     Denied,
     /// Retrying cannot help: denied, malformed.
     Permanent,
+    /// No answer before the deadline. Not retried: no time is left.
+    Timeout,
 }
 
 /// A failed attempt, already reduced to a reason that is safe to print.
@@ -76,7 +78,7 @@ where
         async move {
             match tokio::time::timeout_at(deadline, call).await {
                 Ok(r) => r,
-                Err(_) => Err(Failure::new(Class::Permanent, "the deadline passed during the request")),
+                Err(_) => Err(Failure::new(Class::Timeout, "the deadline passed during the request")),
             }
         }
     };
@@ -86,7 +88,7 @@ where
         .when(|f: &Failure| match f.class {
             Class::Transient => true,
             Class::Auth => !auth_retried.swap(true, Relaxed),
-            Class::NotFound | Class::Denied | Class::Permanent => false,
+            Class::NotFound | Class::Denied | Class::Permanent | Class::Timeout => false,
         })
         .adjust(|_, delay| {
             let delay = delay?;

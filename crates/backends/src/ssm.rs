@@ -183,9 +183,9 @@ where
             let reason = transport_reason(err).unwrap_or_else(|| {
                 if d.is_timeout() { "timed out".to_owned() } else { "the request could not be sent".to_owned() }
             });
-            Failure::new(Class::Permanent, reason)
+            Failure::new(if d.is_timeout() { Class::Timeout } else { Class::Permanent }, reason)
         }
-        SdkError::TimeoutError(_) => Failure::new(Class::Permanent, "timed out before the deadline"),
+        SdkError::TimeoutError(_) => Failure::new(Class::Timeout, "timed out before the deadline"),
         SdkError::ResponseError(_) => Failure::new(
             Class::Permanent,
             transport_reason(err).unwrap_or_else(|| "the response could not be read".to_owned()),
@@ -229,7 +229,12 @@ pub async fn assume_role(
     }
     let sts = aws_sdk_sts::Client::from_conf(conf.build());
     let session = &ctx.session;
-    let fail = |reason: String| Error::AssumeRole { store: ctx.store.clone(), role: ctx.role.clone(), reason };
+    let fail = |reason: String, class: Class| Error::AssumeRole {
+        store: ctx.store.clone(),
+        role: ctx.role.clone(),
+        reason,
+        class,
+    };
     let out = retry(ctx.deadline, "AssumeRoleWithWebIdentity", || {
         let call = sts
             .assume_role_with_web_identity()
@@ -239,8 +244,8 @@ pub async fn assume_role(
         async move { call.send().await.map_err(|e| classify_sts(&e)) }
     })
     .await
-    .map_err(|f| fail(f.reason))?;
-    let c = out.credentials.ok_or_else(|| fail("STS returned no credentials".to_owned()))?;
+    .map_err(|f| fail(f.reason, f.class))?;
+    let c = out.credentials.ok_or_else(|| fail("STS returned no credentials".to_owned(), Class::Permanent))?;
     Ok(aws_credential_types::Credentials::new(
         c.access_key_id,
         c.secret_access_key,
@@ -405,12 +410,12 @@ pub const NAMES_PER_DESCRIBE: usize = 50;
 
 /// The current version of each of `names` (at most [`NAMES_PER_DESCRIBE`]):
 /// DescribeParameters with a Name/Equals filter, every page. Metadata only,
-/// never a value. `attempt` is called before every request (for counting).
+/// never a value. `answered` is told how every request ended (for counting).
 pub async fn versions(
     client: &aws_sdk_ssm::Client,
     names: &[String],
     deadline: tokio::time::Instant,
-    attempt: impl Fn(),
+    answered: impl Fn(Result<(), Class>),
 ) -> Result<std::collections::HashMap<String, i64>, Failure> {
     use aws_sdk_ssm::types::ParameterStringFilter;
     let filter = ParameterStringFilter::builder()
@@ -422,7 +427,6 @@ pub async fn versions(
     let mut found = std::collections::HashMap::new();
     let mut next: Option<String> = None;
     loop {
-        attempt();
         let call = client
             .describe_parameters()
             .parameter_filters(filter.clone())
@@ -430,7 +434,9 @@ pub async fn versions(
             .set_next_token(next.clone())
             .customize()
             .config_override(aws_sdk_ssm::config::Config::builder().timeout_config(timeouts(deadline)));
-        let page = call.send().await.map_err(|e| classify(&e))?;
+        let page = call.send().await.map_err(|e| classify(&e));
+        answered(page.as_ref().map(drop).map_err(|f| f.class));
+        let page = page?;
         for p in page.parameters.unwrap_or_default() {
             if let Some(n) = p.name {
                 found.insert(n, p.version);

@@ -180,7 +180,7 @@ impl Session {
     pub async fn revoke(&self, deadline: tokio::time::Instant) -> Result<(), Failure> {
         match tokio::time::timeout_at(deadline, self.send(reqwest::Method::POST, "auth/token/revoke-self")).await {
             Ok(r) => r.map(drop),
-            Err(_) => Err(Failure::new(Class::Transient, "no time left before the deadline")),
+            Err(_) => Err(Failure::new(Class::Timeout, "no time left before the deadline")),
         }
     }
 
@@ -223,14 +223,16 @@ fn vault_refs(items: &[PlanItem]) -> Result<Vec<(&PlanItem, &VaultRef)>, Error> 
 pub async fn login(ctx: &Ctx, store: &VaultStore) -> Result<Session, Error> {
     let method = store.auth.method;
     let mount = store.auth.mount().to_owned();
-    let fail = |reason: String| Error::VaultLogin {
+    let fail = |reason: String, class: Class| Error::VaultLogin {
         store: ctx.store.clone(),
         method: method.as_str(),
         mount: mount.clone(),
         role: ctx.role.clone(),
         reason,
+        class,
     };
-    let address = reqwest::Url::parse(&store.address).map_err(|e| fail(format!("address is not a URL: {e}")))?;
+    let address = reqwest::Url::parse(&store.address)
+        .map_err(|e| fail(format!("address is not a URL: {e}"), Class::Permanent))?;
     let http = http_client(store).map_err(|reason| Error::VaultClient { store: ctx.store.clone(), reason })?;
     let settings = VaultClientSettings {
         address: address.clone(),
@@ -244,7 +246,8 @@ pub async fn login(ctx: &Ctx, store: &VaultStore) -> Result<Session, Error> {
         namespace: store.namespace.clone(),
         proxy: None,
     };
-    let mut client = VaultClient::new(settings).map_err(|_| fail("cannot build the Vault client".to_owned()))?;
+    let mut client =
+        VaultClient::new(settings).map_err(|_| fail("cannot build the Vault client".to_owned(), Class::Permanent))?;
     // Ours trusts the store's CA bundle, which vaultrs only takes as file paths.
     client.http.http = http.clone();
 
@@ -260,7 +263,7 @@ pub async fn login(ctx: &Ctx, store: &VaultStore) -> Result<Session, Error> {
         }
     })
     .await
-    .map_err(|f| fail(f.reason))?;
+    .map_err(|f| fail(f.reason, f.class))?;
     let token = SecretString::from(auth.client_token);
     client.set_token(token.expose_secret());
     let lease = Duration::from_secs(auth.lease_duration);
@@ -268,11 +271,18 @@ pub async fn login(ctx: &Ctx, store: &VaultStore) -> Result<Session, Error> {
 }
 
 /// Revokes the session's token, best effort: a failure is logged (never the
-/// token) and otherwise ignored, as the token ends at its TTL anyway.
-pub async fn revoke(session: &Session, store: &crate::StoreRef, deadline: tokio::time::Instant) {
+/// token) and otherwise ignored, as the token ends at its TTL anyway. The
+/// result says how it ended, for counting.
+pub async fn revoke(session: &Session, store: &crate::StoreRef, deadline: tokio::time::Instant) -> Result<(), Class> {
     match session.revoke(deadline).await {
-        Ok(()) => tracing::debug!(store = %store, "Vault token revoked"),
-        Err(f) => tracing::warn!(store = %store, reason = %f, "could not revoke the Vault token; it ends at its TTL"),
+        Ok(()) => {
+            tracing::debug!(store = %store, "Vault token revoked");
+            Ok(())
+        }
+        Err(f) => {
+            tracing::warn!(store = %store, reason = %f, "could not revoke the Vault token; it ends at its TTL");
+            Err(f.class)
+        }
     }
 }
 
@@ -284,7 +294,7 @@ pub async fn fetch(ctx: &Ctx, store: &VaultStore, items: &[PlanItem]) -> Result<
     let values = read_all(ctx, &session, &refs).await;
     // Its own 2 s: slow reads may have spent the deadline, and a token left
     // alive lives to its TTL.
-    revoke(&session, &ctx.store, tokio::time::Instant::now() + Duration::from_secs(2)).await;
+    let _ = revoke(&session, &ctx.store, tokio::time::Instant::now() + Duration::from_secs(2)).await;
     values
 }
 
@@ -401,19 +411,29 @@ async fn read_all(ctx: &Ctx, session: &Arc<Session>, refs: &[(&PlanItem, &VaultR
 
 /// `current_version` of a KV v2 secret, from `GET <mount>/metadata/<path>`:
 /// metadata only, never a value. `None` if the answer holds no version.
-/// `attempt` is called before every request (for counting).
+/// `answered` is told how every request ended (for counting), a request cut
+/// by the deadline included.
 pub async fn current_version(
     session: &Session,
     mount: &Mount,
     path: &str,
     deadline: tokio::time::Instant,
-    attempt: impl Fn(),
+    answered: impl Fn(Result<(), Class>),
 ) -> Result<Option<u64>, Failure> {
     let rel = mount.relative(path).unwrap_or_default();
     let url = format!("{}/metadata/{rel}", mount.name());
+    let answered = &answered;
     let body = retry(deadline, "KV metadata", || {
-        attempt();
-        session.get_json(&url)
+        let request = session.get_json(&url);
+        async move {
+            // The same deadline as retry's own, polled first: a request it cuts is counted.
+            let r = match tokio::time::timeout_at(deadline, request).await {
+                Ok(r) => r,
+                Err(_) => Err(Failure::new(Class::Timeout, "the deadline passed during the request")),
+            };
+            answered(r.as_ref().map(drop).map_err(|f| f.class));
+            r
+        }
     })
     .await?;
     Ok(version_of(&body))

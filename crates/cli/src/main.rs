@@ -29,6 +29,11 @@ enum Command {
         config: PathBuf,
         /// A manifest file; `-` or nothing for stdin.
         file: Option<PathBuf>,
+        /// Print the files the templates (keyhole.dev/template-*) would make,
+        /// rendered with sample values (`sample-<name>`), instead of the pods.
+        /// Nothing is fetched.
+        #[arg(long)]
+        sample_values: bool,
     },
     /// Roll one workload now, with the rotation controller's own patch.
     Roll(keyhole_rotation::RollArgs),
@@ -61,7 +66,7 @@ fn main() -> ExitCode {
 
 fn subcommand(command: Command) -> Result<()> {
     match command {
-        Command::Render { config, file } => render(&config, file),
+        Command::Render { config, file, sample_values } => render(&config, file, sample_values),
         Command::Roll(args) => args.main(),
         Command::Webhook(cli) => cli.main(),
         Command::Rotation(cli) => cli.main(),
@@ -74,13 +79,15 @@ fn subcommand(command: Command) -> Result<()> {
 }
 
 /// Exit 1 with every denial on stderr when any object is refused.
-fn render(config: &std::path::Path, file: Option<PathBuf>) -> Result<()> {
+fn render(config: &std::path::Path, file: Option<PathBuf>, sample_values: bool) -> Result<()> {
     let config = Config::load(config)?;
     let text = match file.filter(|f| f.as_os_str() != "-") {
         Some(f) => std::fs::read_to_string(&f).with_context(|| format!("read {}", f.display()))?,
         None => std::io::read_to_string(std::io::stdin())?,
     };
-    match keyhole_cli::render::render(&config, &text) {
+    use keyhole_cli::render::{Show, render_as};
+    let show = if sample_values { Show::SampleFiles } else { Show::Pods };
+    match render_as(&config, &text, show) {
         Ok(out) => {
             print!("{out}");
             Ok(())

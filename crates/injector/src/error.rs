@@ -134,7 +134,12 @@ mod tests {
     #[test]
     fn termination_message_is_one_bounded_line() {
         let store = StoreRef { name: "aws".into(), kind: keyhole_contract::StoreKind::AwsSsm };
-        let e = Error::from(keyhole_backends::Error::AssumeRole { store, role: "arn:x".into(), reason: "a\nb".into() });
+        let e = Error::from(keyhole_backends::Error::AssumeRole {
+            store,
+            role: "arn:x".into(),
+            reason: "a\nb".into(),
+            class: keyhole_backends::retry::Class::Auth,
+        });
         let line = e.termination_message();
         assert_eq!(
             line,

@@ -22,7 +22,7 @@ use keyhole_contract::store::{SsmStore, VaultStore};
 use keyhole_contract::{Store, StoreKind, Stores};
 use tokio::sync::Mutex;
 
-use crate::metrics::RotationMetrics;
+use crate::metrics::{Outcome, RotationMetrics};
 use crate::schedule::chunks;
 
 /// Names per DescribeParameters call.
@@ -36,7 +36,7 @@ pub const LOOKUP_DEADLINE: Duration = Duration::from_secs(5);
 const LOGIN_DEADLINE: Duration = Duration::from_secs(10);
 /// One store's look-ups of one poll at most, so a backend that hangs holds the
 /// poll (every store's workloads) no longer than this.
-const ROUND_DEADLINE: Duration = Duration::from_secs(30);
+pub const ROUND_DEADLINE: Duration = Duration::from_secs(30);
 /// Revoking a replaced token, and each one at shutdown.
 const REVOKE_DEADLINE: Duration = Duration::from_secs(2);
 /// How long "no such parameter, mount or path" or "refused" is believed before
@@ -104,6 +104,21 @@ impl LookupError {
         }
     }
 
+    /// What went wrong, without the words: two answers of the same kind are
+    /// the same failure however their reasons read (attempt counts, "an earlier
+    /// answer"). What a workload's Warning is said once for.
+    pub fn kind(&self) -> FailureKind {
+        let cause = match self {
+            LookupError::Remembered(e) => e.as_ref(),
+            e => e,
+        };
+        let class = match cause {
+            LookupError::Login(e) => e.login_class(),
+            e => e.class(),
+        };
+        (std::mem::discriminant(cause), class)
+    }
+
     fn class(&self) -> Option<Class> {
         match self {
             LookupError::Describe(f)
@@ -113,6 +128,9 @@ impl LookupError {
         }
     }
 }
+
+/// [`LookupError::kind`]: the variant (of the first answer, when remembered) and its class.
+pub type FailureKind = (std::mem::Discriminant<LookupError>, Option<Class>);
 
 /// Where the projected token for `audience` lies: `<dir>/<audience>`, with any
 /// character other than letters, digits, `.`, `-` and `_` written as `_`.
@@ -174,6 +192,19 @@ fn verdict(kind: StoreKind, answers: &BTreeMap<String, Answer>) -> Verdict {
         Verdict::Ask
     } else {
         Verdict::Keep
+    }
+}
+
+/// How a request ended, for [`RotationMetrics::request`].
+fn ended<T>(r: &Result<T, Failure>) -> Outcome {
+    Outcome::of(r.as_ref().map(drop).map_err(|f| f.class))
+}
+
+/// How a login ended: the class of its last attempt.
+fn logged_in<T>(r: &Result<T, keyhole_backends::Error>) -> Outcome {
+    match r {
+        Ok(_) => Outcome::Ok,
+        Err(e) => e.login_class().map_or(Outcome::Error, |c| Outcome::of(Err(c))),
     }
 }
 
@@ -301,8 +332,9 @@ impl Backends {
     }
 
     async fn revoke(&self, name: &str, session: &Session, deadline: tokio::time::Instant) {
-        self.metrics.request(name, "revoke");
-        vault::revoke(session, &StoreRef { name: name.to_owned(), kind: StoreKind::Vault }, deadline).await;
+        let store = StoreRef { name: name.to_owned(), kind: StoreKind::Vault };
+        let revoked = vault::revoke(session, &store, deadline).await;
+        self.metrics.request(name, "revoke", Outcome::of(revoked));
     }
 
     fn ctx(&self, name: &str, store: &Store, role: &str) -> Result<Ctx, LookupError> {
@@ -329,8 +361,9 @@ impl Backends {
         {
             return Ok(c.clone());
         }
-        self.metrics.request(name, "AssumeRoleWithWebIdentity");
-        let client = ssm::client(ctx, store).await.map_err(|e| LookupError::Login(Arc::new(e)))?;
+        let client = ssm::client(ctx, store).await;
+        self.metrics.request(name, "AssumeRoleWithWebIdentity", logged_in(&client));
+        let client = client.map_err(|e| LookupError::Login(Arc::new(e)))?;
         sessions.insert(
             name.to_owned(),
             Cached { conn: Conn::Ssm(client.clone()), until: Instant::now() + MAX_SESSION_AGE },
@@ -359,8 +392,8 @@ impl Backends {
             .map(|names| {
                 let client = client.clone();
                 async move {
-                    let r = ssm::versions(&client, &names, deadline(round_end), || {
-                        self.metrics.request(name, "DescribeParameters")
+                    let r = ssm::versions(&client, &names, deadline(round_end), |answer| {
+                        self.metrics.request(name, "DescribeParameters", Outcome::of(answer))
                     })
                     .await;
                     (names, r)
@@ -408,8 +441,8 @@ impl Backends {
         }
         // Nearing its end: replaced, and revoked once the login is done.
         let old = sessions.remove(name);
-        self.metrics.request(name, "login");
         let login = vault::login(ctx, store).await.map(Arc::new);
+        self.metrics.request(name, "login", logged_in(&login));
         if let Ok(session) = &login {
             let age =
                 if session.lease.is_zero() { MAX_SESSION_AGE } else { (session.lease * 2 / 3).min(MAX_SESSION_AGE) };
@@ -454,8 +487,9 @@ impl Backends {
                 .map(|r| {
                     let session = session.clone();
                     async move {
-                        self.metrics.request(name, "mount");
-                        (r, retry(deadline(round_end), "mount look-up", || session.mount_of(r)).await)
+                        let found = retry(deadline(round_end), "mount look-up", || session.mount_of(r)).await;
+                        self.metrics.request(name, "mount", ended(&found));
+                        (r, found)
                     }
                     .boxed()
                 })
@@ -512,9 +546,15 @@ impl Backends {
             Verdict::Keep => true,
             Verdict::Drop => false,
             Verdict::Ask => {
-                self.metrics.request(name, "lookup-self");
+                let valid = session.token_valid(deadline(round_end)).await;
+                let outcome = match &valid {
+                    Ok(true) => Outcome::Ok,
+                    Ok(false) => Outcome::Auth,
+                    Err(f) => Outcome::of(Err(f.class)),
+                };
+                self.metrics.request(name, "lookup-self", outcome);
                 // No answer (transport, 5xx) says nothing against the token.
-                session.token_valid(deadline(round_end)).await.unwrap_or(true)
+                valid.unwrap_or(true)
             }
         }
     }
@@ -534,10 +574,11 @@ impl Backends {
         if mount.version != 2 {
             return Ok(Found::Unversioned);
         }
-        let version =
-            vault::current_version(session, mount, path, deadline, || self.metrics.request(store, "metadata"))
-                .await
-                .map_err(|reason| LookupError::Metadata { path: path.to_owned(), reason })?;
+        let version = vault::current_version(session, mount, path, deadline, |answer| {
+            self.metrics.request(store, "metadata", Outcome::of(answer))
+        })
+        .await
+        .map_err(|reason| LookupError::Metadata { path: path.to_owned(), reason })?;
         version.map(Found::Version).ok_or_else(|| LookupError::NoCurrentVersion(path.to_owned()))
     }
 }
@@ -557,6 +598,21 @@ mod tests {
 
     fn failed(class: Class) -> Answer {
         Err(LookupError::Metadata { path: "secret/p".into(), reason: Failure::new(class, "why") })
+    }
+
+    #[test]
+    fn a_failure_is_of_one_kind_however_its_reason_reads() {
+        let first =
+            LookupError::Metadata { path: "p".into(), reason: Failure::new(Class::Denied, "permission denied") };
+        let retried = LookupError::Metadata {
+            path: "p".into(),
+            reason: Failure::new(Class::Denied, "denied (after 2 attempts)"),
+        };
+        assert_eq!(first.kind(), retried.kind());
+        assert_eq!(LookupError::Remembered(Box::new(first.clone())).kind(), first.kind());
+        let missing = LookupError::Metadata { path: "p".into(), reason: Failure::new(Class::NotFound, "gone") };
+        assert_ne!(first.kind(), missing.kind(), "another class");
+        assert_ne!(LookupError::NoParameter("p".into()).kind(), LookupError::NoMount("p".into()).kind());
     }
 
     #[test]

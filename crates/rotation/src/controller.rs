@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use keyhole_contract::Stores;
-use keyhole_contract::annotations::{self, OBSERVED_VERSIONS};
+use keyhole_contract::annotations::{self, OBSERVED_VERSIONS, VERSIONS};
 use kube::api::Api;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, Store};
@@ -16,19 +16,29 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
-use crate::backend::{Backends, Found, LookupError};
+use crate::backend::{Backends, FailureKind, Found, LookupError};
+use crate::health::{Health, Poll};
 use crate::lease::{Leadership, stopped};
 use crate::metrics::RotationMetrics;
 use crate::refs::{Interest, Watched, interest};
 use crate::schedule::{RolloutBudget, is_due, joins, next_wake, targets};
 use crate::state::{self, Decision, Versions, decide};
-use crate::workload::{self, Candidate, Workload};
+use crate::workload::{self, Candidate, Warned, Workload};
 
 /// The shortest pause between two polls, so a burst of new workloads or a
 /// failing backend cannot make the loop spin.
 const FLOOR: Duration = Duration::from_secs(1);
 /// New workloads arriving together are polled together.
 const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// What a workload's last Warning said, so it is said once per change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Trouble {
+    /// These references could not be looked up, each for this kind of reason.
+    Lookup(Vec<(String, FailureKind)>),
+    Patch,
+    Deferred,
+}
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -60,6 +70,7 @@ pub struct Controller {
     backends: Backends,
     leader: Leadership,
     metrics: Arc<RotationMetrics>,
+    health: Arc<Health>,
     recorder: Recorder,
     deployments: Store<Deployment>,
     statefulsets: Store<StatefulSet>,
@@ -75,7 +86,24 @@ pub struct Controller {
     told: HashSet<(String, Option<String>)>,
     /// Opted-in workloads not rotated, and why: a Warning event each at the next poll.
     refused: Vec<(Candidate, String)>,
+    /// The look-up, patch and budget Warnings last given.
+    warned: Warned<Trouble>,
     budget: RolloutBudget,
+}
+
+/// Marks the poll loop ended in [`Health`] if it goes (returns, panics, or is
+/// dropped) before a shutdown was asked for.
+struct PollLoop {
+    health: Arc<Health>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Drop for PollLoop {
+    fn drop(&mut self) {
+        if !*self.shutdown.borrow() {
+            self.health.poll(Poll::Ended);
+        }
+    }
 }
 
 /// Starts a reflector for one workload type; new opted-in workloads without an
@@ -108,7 +136,9 @@ fn reflect<K: Workload>(
 }
 
 impl Controller {
-    /// Starts the watches; returns once their caches hold the cluster's workloads.
+    /// Starts the watches; returns once their caches hold the cluster's workloads
+    /// (each kind's first list is told to `health`: readiness waits for all).
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         client: kube::Client,
         stores: Stores,
@@ -116,6 +146,7 @@ impl Controller {
         backends: Backends,
         leader: Leadership,
         metrics: Arc<RotationMetrics>,
+        health: Arc<Health>,
         recorder: Recorder,
     ) -> (Controller, Arc<Notify>, Vec<tokio::task::JoinHandle<()>>) {
         let wake = Arc::new(Notify::new());
@@ -123,9 +154,21 @@ impl Controller {
         let (deployments, t1) = reflect::<Deployment>(&client, ns, wake.clone());
         let (statefulsets, t2) = reflect::<StatefulSet>(&client, ns, wake.clone());
         let (daemonsets, t3) = reflect::<DaemonSet>(&client, ns, wake.clone());
-        let _ = deployments.wait_until_ready().await;
-        let _ = statefulsets.wait_until_ready().await;
-        let _ = daemonsets.wait_until_ready().await;
+        // Side by side, so readiness names the kinds still unlisted.
+        futures::join!(
+            async {
+                let _ = deployments.wait_until_ready().await;
+                health.listed(Deployment::KIND);
+            },
+            async {
+                let _ = statefulsets.wait_until_ready().await;
+                health.listed(StatefulSet::KIND);
+            },
+            async {
+                let _ = daemonsets.wait_until_ready().await;
+                health.listed(DaemonSet::KIND);
+            },
+        );
         let budget = RolloutBudget::new(settings.max_rollouts, settings.interval);
         let controller = Controller {
             client,
@@ -134,6 +177,7 @@ impl Controller {
             backends,
             leader,
             metrics,
+            health,
             recorder,
             deployments,
             statefulsets,
@@ -143,6 +187,7 @@ impl Controller {
             written: HashMap::new(),
             told: HashSet::new(),
             refused: Vec::new(),
+            warned: Warned::default(),
             budget,
         };
         (controller, wake, vec![t1, t2, t3])
@@ -150,6 +195,7 @@ impl Controller {
 
     /// Polls while leading, until `shutdown` turns true; then revokes its Vault tokens.
     pub async fn run(mut self, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+        let _alive = PollLoop { health: self.health.clone(), shutdown: shutdown.clone() };
         self.poll_until(wake, &mut shutdown).await;
         self.backends.close().await;
     }
@@ -158,6 +204,7 @@ impl Controller {
         loop {
             if !self.leader.holds() {
                 self.metrics.leader.set(0);
+                self.health.poll(Poll::Waiting);
                 let mut leader = self.leader.clone();
                 tokio::select! {
                     () = leader.acquired() => {}
@@ -165,6 +212,7 @@ impl Controller {
                 }
             }
             self.metrics.leader.set(1);
+            self.health.step();
             let report = self.poll().await;
             if report.due > 0 {
                 info!(
@@ -179,6 +227,7 @@ impl Controller {
                 );
             }
             let at = self.next_wake(Instant::now());
+            self.health.poll(Poll::Sleeping(at + DEBOUNCE));
             tokio::select! {
                 () = tokio::time::sleep_until(at.into()) => {}
                 () = wake.notified() => tokio::time::sleep(DEBOUNCE).await,
@@ -231,6 +280,7 @@ impl Controller {
         self.last.retain(|uid, _| present.contains(uid.as_str()));
         self.pending.retain(|uid, _| present.contains(uid.as_str()));
         self.written.retain(|uid, _| present.contains(uid.as_str()));
+        self.warned.retain(|uid| present.contains(uid));
         if self.told.len() > 10_000 {
             self.told.clear();
         }
@@ -276,39 +326,54 @@ impl Controller {
         let wanted = targets(due.iter().flat_map(|(_, w)| w.refs.keys().map(|r| (w.store.as_str(), r.as_str()))));
         report.lookups = wanted.values().map(|s| s.len()).sum();
         let answers = self.backends.lookup_all(&wanted).await;
+        self.health.step();
 
         let mut rolls = Vec::new();
         for (c, w) in due {
             self.last.insert(c.uid.clone(), (started, w.interval.unwrap_or(tick)));
             let mut current = Versions::new();
-            let mut failures = Vec::new();
+            let mut failures: Vec<(&String, LookupError)> = Vec::new();
             for r in w.refs.keys() {
                 match answers.get(&w.store).and_then(|a| a.get(r)) {
                     Some(Ok(Found::Version(v))) => {
                         current.insert(r.clone(), *v);
                     }
                     Some(Ok(Found::Unversioned)) => {}
-                    Some(Err(e)) => failures.push(e.to_string()),
-                    None => failures.push(LookupError::NotLookedUp(r.clone()).to_string()),
+                    Some(Err(e)) => failures.push((r, e.clone())),
+                    None => failures.push((r, LookupError::NotLookedUp(r.clone()))),
                 }
             }
             if !failures.is_empty() {
                 report.failed += 1;
                 self.metrics.outcome("lookup_failed");
-                warn!(workload = %c.key(), store = %w.store, reason = %failures.join("; "), "version look-up failed; trying again next interval");
+                let reasons: Vec<String> = failures.iter().map(|(_, e)| e.to_string()).collect();
+                let reasons = reasons.join("; ");
+                warn!(workload = %c.key(), store = %w.store, reason = %reasons, "version look-up failed; trying again next interval");
+                let trouble = Trouble::Lookup(failures.iter().map(|(r, e)| ((*r).clone(), e.kind())).collect());
+                let note = format!(
+                    "not rotated until its versions can be looked up in store {:?}: {reasons}; trying again every poll",
+                    w.store
+                );
+                self.warn_once(c, trouble, workload::REASON_LOOKUP_FAILED, note).await;
                 continue;
             }
             let observed = self.observed(c);
             match decide(observed.as_ref(), &current) {
-                Decision::UpToDate => self.metrics.outcome("up_to_date"),
+                Decision::UpToDate => {
+                    self.metrics.outcome("up_to_date");
+                    self.warned.clear(&c.uid);
+                }
                 Decision::Record => {
                     if !self.leader.holds() {
                         return report;
                     }
-                    match workload::patch(&self.client, c, &workload::record_patch(&current)).await {
+                    let patched = workload::patch(&self.client, c, &workload::record_patch(&current)).await;
+                    self.health.step();
+                    match patched {
                         Ok(_) => {
                             report.recorded += 1;
                             self.metrics.outcome("recorded");
+                            self.warned.clear(&c.uid);
                             self.written.insert(c.uid.clone(), (c.resource_version.clone(), current.clone()));
                             info!(workload = %c.key(), versions = %state::encode(&current), "recorded the versions; nothing rolled");
                         }
@@ -316,6 +381,10 @@ impl Controller {
                             report.failed += 1;
                             self.metrics.outcome("patch_failed");
                             warn!(workload = %c.key(), error = %e, "could not record the versions");
+                            let note = format!(
+                                "could not record the versions it depends on ({OBSERVED_VERSIONS}): {e}; trying again every poll"
+                            );
+                            self.warn_once(c, Trouble::Patch, workload::REASON_PATCH_FAILED, note).await;
                         }
                     }
                 }
@@ -333,17 +402,23 @@ impl Controller {
                 report.deferred += 1;
                 self.metrics.outcome("deferred");
                 self.pending.entry(c.uid.clone()).or_insert(started);
+                let (max, interval) = (self.settings.max_rollouts, self.settings.interval);
+                let note = workload::deferred_note(&moves, &w.refs, max, interval);
+                self.warn_once(c, Trouble::Deferred, workload::REASON_DEFERRED, note).await;
                 continue;
             }
             if !self.leader.holds() {
                 return report;
             }
             let digest = state::digest(&current, None);
-            match workload::patch(&self.client, c, &workload::roll_patch(&current, &digest)).await {
+            let patched = workload::patch(&self.client, c, &workload::roll_patch(&current, &digest)).await;
+            self.health.step();
+            match patched {
                 Ok(_) => {
                     report.rolled += 1;
                     self.metrics.outcome("rolled");
                     self.pending.remove(&c.uid);
+                    self.warned.clear(&c.uid);
                     self.written.insert(c.uid.clone(), (c.resource_version.clone(), current.clone()));
                     let note = workload::rotated_note(&moves, &w.refs, &digest);
                     info!(workload = %c.key(), versions = %state::encode(&current), change = %note, "rolled out");
@@ -354,6 +429,9 @@ impl Controller {
                     self.metrics.outcome("patch_failed");
                     // Still pending: the next poll finds the same change and tries again.
                     warn!(workload = %c.key(), error = %e, "could not patch the pod template");
+                    let note =
+                        format!("could not roll it out ({VERSIONS} on the pod template): {e}; trying again every poll");
+                    self.warn_once(c, Trouble::Patch, workload::REASON_PATCH_FAILED, note).await;
                 }
             }
         }
@@ -366,6 +444,14 @@ impl Controller {
         }
         self.metrics.poll_duration.observe(started.elapsed().as_secs_f64());
         report
+    }
+
+    /// A Warning on the workload, unless its last one said the same (once per change of state).
+    async fn warn_once(&mut self, c: &Candidate, trouble: Trouble, reason: &str, note: String) {
+        if self.warned.first(&c.uid, trouble) {
+            workload::warning(&self.recorder, c, reason, note).await;
+            self.health.step();
+        }
     }
 
     /// When to poll next.

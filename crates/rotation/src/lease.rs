@@ -8,6 +8,7 @@
 //! The holder acts only until `renew deadline` (two thirds of the duration) after
 //! its last successful renewal, so it stops before any standby may take over.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -16,6 +17,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+use crate::health::Health;
 
 #[derive(Clone, Debug)]
 pub struct LeaseConfig {
@@ -180,10 +183,12 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Runs the election until `shutdown` turns true; then releases the lease if held.
-/// Returns the [`Leadership`] the poll loop checks.
+/// Returns the [`Leadership`] the poll loop checks. Every round's end is told
+/// to `health` (the probes).
 pub fn spawn(
     api: Api<Lease>,
     cfg: LeaseConfig,
+    health: Arc<Health>,
     mut shutdown: watch::Receiver<bool>,
 ) -> (Leadership, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None::<Instant>);
@@ -192,7 +197,9 @@ pub fn spawn(
         let mut leading = false;
         loop {
             let started = Instant::now();
-            match round(&api, &cfg, &mut seen).await {
+            let result = round(&api, &cfg, &mut seen).await;
+            health.lease_round(result.is_ok());
+            match result {
                 Ok(true) => {
                     tx.send_replace(Some(started + cfg.renew_deadline()));
                     if !leading {

@@ -8,11 +8,12 @@
 //!
 //! The pure parts: [`refs`] (what a workload watches), [`state`] (digest and
 //! decision), [`schedule`] (due-ness, batching, rollout budget), [`lease`]'s
-//! decision. The rest is I/O around them.
+//! decision, [`health`]'s probes. The rest is I/O around them.
 
 pub mod backend;
 pub mod cli;
 pub mod controller;
+pub mod health;
 pub mod lease;
 pub mod metrics;
 pub mod refs;
@@ -34,6 +35,7 @@ use tracing::{info, warn};
 
 use self::backend::Backends;
 use self::controller::{Controller, Settings};
+use self::health::Health;
 use self::lease::LeaseConfig;
 use self::metrics::RotationMetrics;
 use self::refs::Interest;
@@ -70,8 +72,26 @@ pub enum RotationError {
     Metrics { addr: SocketAddr, source: std::io::Error },
 }
 
+/// What the admin listener serves: the metrics, and the probes' answers.
+struct Status {
+    metrics: Arc<RotationMetrics>,
+    health: Arc<Health>,
+}
+
+impl keyhole_admin::Admin for Status {
+    fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
+    fn ready(&self) -> Result<(), &'static str> {
+        self.health.ready()
+    }
+    fn live(&self) -> Result<(), &'static str> {
+        self.health.live()
+    }
+}
+
 /// Runs the controller until `shutdown` resolves: lease election, watches,
-/// polls, and `/metrics` with `/healthz` on `metrics_listen`.
+/// polls, and `/metrics`, `/healthz` and `/readyz` on `metrics_listen`.
 pub async fn run(
     config: RotationConfig,
     metrics_listen: Option<SocketAddr>,
@@ -80,13 +100,15 @@ pub async fn run(
     let RotationConfig { stores, settings, lease, token_dir } = config;
     let client = kube::Client::try_default().await.map_err(RotationError::Client)?;
     let metrics = Arc::new(RotationMetrics::default());
+    let health = Arc::new(Health::new(health::Limits::of(&lease)));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let metrics_task = match metrics_listen {
         Some(addr) => {
             let listener = keyhole_admin::bind(addr).await.map_err(|source| RotationError::Metrics { addr, source })?;
             let mut rx = stop_rx.clone();
-            Some(keyhole_admin::spawn(listener, metrics.clone(), async move {
+            let status = Arc::new(Status { metrics: metrics.clone(), health: health.clone() });
+            Some(keyhole_admin::spawn(listener, status, async move {
                 let _ = rx.wait_for(|s| *s).await;
             }))
         }
@@ -106,13 +128,13 @@ pub async fn run(
         namespace = settings.namespace.as_deref().unwrap_or("(all)"),
         "keyhole rotation controller starting"
     );
-    let (leader, lease_task) = lease::spawn(leases, lease.clone(), stop_rx.clone());
+    let (leader, lease_task) = lease::spawn(leases, lease.clone(), health.clone(), stop_rx.clone());
     let recorder = Recorder::new(
         client.clone(),
         Reporter { controller: CONTROLLER.into(), instance: Some(lease.identity.clone()) },
     );
     let (controller, wake, watch_tasks) =
-        Controller::start(client, stores, settings, backends, leader, metrics, recorder).await;
+        Controller::start(client, stores, settings, backends, leader, metrics, health, recorder).await;
     let poll_task = tokio::spawn(controller.run(wake, stop_rx.clone()));
 
     shutdown.await;

@@ -20,6 +20,12 @@ pub const REASON_ROTATED: &str = "SecretRotated";
 pub const REASON_TRIGGERED: &str = "RolloutTriggered";
 /// Warning: the workload opts in but is not rotated (annotations, grants).
 pub const REASON_REFUSED: &str = "RotationRefused";
+/// Warning: a reference's version could not be looked up; nothing rolls until it can.
+pub const REASON_LOOKUP_FAILED: &str = "RotationLookupFailed";
+/// Warning: the workload could not be patched (to record or to roll).
+pub const REASON_PATCH_FAILED: &str = "RotationPatchFailed";
+/// Warning: a rollout waits for the rollout budget (`--max-rollouts` per interval).
+pub const REASON_DEFERRED: &str = "RotationDeferred";
 
 /// The kinds the controller rolls; `kind/name` targets of `roll` name one of these.
 pub use keyhole_contract::WorkloadKind as Kind;
@@ -146,6 +152,27 @@ pub fn roll_patch(observed: &Versions, digest: &str) -> Value {
 /// The Event's note: which reference moved from which version to which. Names
 /// and versions only; at most 1 kB as the Events API asks.
 pub fn rotated_note(moves: &[Move], refs: &BTreeMap<String, Vec<String>>, digest: &str) -> String {
+    truncate(format!("{}; set {VERSIONS}={digest} to roll out", moved(moves, refs)), MAX_NOTE)
+}
+
+/// The Warning's note for a rollout the budget defers.
+pub fn deferred_note(
+    moves: &[Move],
+    refs: &BTreeMap<String, Vec<String>>,
+    max_rollouts: usize,
+    interval: std::time::Duration,
+) -> String {
+    truncate(
+        format!(
+            "{}; the rollout waits: {max_rollouts} rollouts per {interval:?} have started already (--max-rollouts), \
+             it starts in a later poll",
+            moved(moves, refs)
+        ),
+        MAX_NOTE,
+    )
+}
+
+fn moved(moves: &[Move], refs: &BTreeMap<String, Vec<String>>) -> String {
     let parts: Vec<String> = moves
         .iter()
         .map(|m| {
@@ -153,7 +180,40 @@ pub fn rotated_note(moves: &[Move], refs: &BTreeMap<String, Vec<String>>, digest
             format!("{annotations} ({}) moved from version {} to {}", m.reference, m.from, m.to)
         })
         .collect();
-    truncate(format!("{}; set {VERSIONS}={digest} to roll out", parts.join("; ")), MAX_NOTE)
+    parts.join("; ")
+}
+
+/// The Warning a workload was last given, by uid: each is said once per
+/// change of state, and again only after the workload was fine in between.
+#[derive(Debug)]
+pub struct Warned<S> {
+    last: std::collections::HashMap<String, S>,
+}
+
+impl<S> Default for Warned<S> {
+    fn default() -> Self {
+        Warned { last: std::collections::HashMap::new() }
+    }
+}
+
+impl<S: PartialEq> Warned<S> {
+    /// Whether `uid` is to be told `state` now (it was told something else, or nothing).
+    pub fn first(&mut self, uid: &str, state: S) -> bool {
+        if self.last.get(uid) == Some(&state) {
+            return false;
+        }
+        self.last.insert(uid.to_owned(), state);
+        true
+    }
+
+    /// The workload is fine: a later failure is news again.
+    pub fn clear(&mut self, uid: &str) {
+        self.last.remove(uid);
+    }
+
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.last.retain(|uid, _| keep(uid));
+    }
 }
 
 fn truncate(mut s: String, max: usize) -> String {
@@ -240,6 +300,37 @@ mod tests {
         let many: Vec<Move> = (0..100).map(|i| Move { reference: format!("/p/{i}"), from: 1, to: 2 }).collect();
         let long = rotated_note(&many, &refs, "abc");
         assert!(long.len() <= 1000 && long.ends_with("..."));
+    }
+
+    #[test]
+    fn the_deferred_note_says_what_moved_and_why_it_waits() {
+        let refs: BTreeMap<String, Vec<String>> =
+            [("/app/db".to_owned(), vec!["keyhole.dev/secret-pw".to_owned()])].into();
+        let note = deferred_note(
+            &[Move { reference: "/app/db".into(), from: 1, to: 2 }],
+            &refs,
+            10,
+            std::time::Duration::from_secs(60),
+        );
+        assert_eq!(
+            note,
+            "keyhole.dev/secret-pw (/app/db) moved from version 1 to 2; the rollout waits: 10 rollouts per 60s have \
+             started already (--max-rollouts), it starts in a later poll"
+        );
+    }
+
+    #[test]
+    fn a_warning_is_said_once_per_state_and_again_after_a_recovery() {
+        let mut w = Warned::default();
+        assert!(w.first("u1", "lookup:/a"));
+        assert!(!w.first("u1", "lookup:/a"), "the same state again");
+        assert!(w.first("u2", "lookup:/a"), "another workload");
+        assert!(w.first("u1", "patch"), "a new state");
+        assert!(w.first("u1", "lookup:/a"), "back to the first one: a change too");
+        w.clear("u1");
+        assert!(w.first("u1", "lookup:/a"), "failing again after a good poll");
+        w.retain(|uid| uid != "u2");
+        assert!(w.first("u2", "lookup:/a"), "a workload gone and back");
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     ready: AtomicBool,
+    /// Set when the accept loop of [`serve`] ended other than by shutdown:
+    /// nothing takes connections any more, and only a restart helps.
+    accept_ended: AtomicBool,
     slots: Semaphore,
     large_slots: Semaphore,
     large_budget: tokio::sync::Mutex<Bucket>,
@@ -104,6 +107,7 @@ impl App {
             config,
             metrics,
             ready: AtomicBool::new(true),
+            accept_ended: AtomicBool::new(false),
             slots: Semaphore::new(limits.max_in_flight_bytes.div_ceil(1024).max(1)),
             large_slots: Semaphore::new(limits.max_large_in_flight),
             large_budget: tokio::sync::Mutex::new(Bucket::new(limits.large_bytes_per_second)),
@@ -129,6 +133,24 @@ impl keyhole_admin::Admin for App {
     }
     fn ready(&self) -> Result<(), &'static str> {
         if self.ready.load(Ordering::Relaxed) { Ok(()) } else { Err("draining") }
+    }
+    /// A stuck runtime does not answer the probe at all; this catches the
+    /// accept loop gone while the admin listener still answers.
+    fn live(&self) -> Result<(), &'static str> {
+        if self.accept_ended.load(Ordering::Relaxed) { Err("the TLS accept loop ended") } else { Ok(()) }
+    }
+}
+
+/// Marks the accept loop ended when it is dropped (returned, panicked, or its
+/// future dropped) before shutdown turned the app not ready.
+struct Accepting(Arc<App>);
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        if self.0.ready.load(Ordering::Relaxed) {
+            warn!("the TLS accept loop ended without a shutdown: liveness fails");
+            self.0.accept_ended.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -228,6 +250,7 @@ pub async fn serve(
         tokio::time::sleep(grace).await;
         let _ = grace_over_tx.send(true);
     });
+    let accepting = Accepting(app.clone());
     loop {
         let permit = tokio::select! {
             p = connections.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -265,6 +288,7 @@ pub async fn serve(
         });
     }
 
+    drop(accepting);
     info!("no new connections; draining in-flight requests");
     drop(listener);
     if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {

@@ -1,5 +1,7 @@
-//! Prometheus metrics: reviews by endpoint, kind and outcome; review latency;
-//! certificate expiry and reload failures.
+//! Prometheus metrics (prefix `keyhole_webhook`): reviews by endpoint, kind and
+//! outcome; review latency; certificate expiry and reload failures. Beside
+//! them, at the registry's root, what every keyhole server exposes
+//! ([`keyhole_admin::metrics`]: build info, process).
 
 use std::sync::atomic::AtomicI64;
 
@@ -22,7 +24,14 @@ pub struct EndpointLabels {
     pub endpoint: &'static str,
 }
 
+/// Upper bounds of the latency buckets, in seconds: fine below 10 ms, where
+/// reviews are; then up to 30 s, the longest `timeoutSeconds` the API server
+/// takes, so a review answered too late for it still lands in a bucket below +Inf.
+pub const LATENCY_BUCKETS: [f64; 17] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
 pub struct Metrics {
+    /// The root: the shared families, and this server's below `keyhole_webhook`.
     pub registry: Registry,
     pub reviews: Family<ReviewLabels, Counter>,
     pub latency: Family<EndpointLabels, Histogram>,
@@ -32,12 +41,12 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("keyhole_webhook");
+        let mut root = Registry::default();
+        keyhole_admin::metrics::register(&mut root);
+        let registry = root.sub_registry_with_prefix("keyhole_webhook");
         let reviews = Family::<ReviewLabels, Counter>::default();
         registry.register("admission_reviews", "Admission reviews by endpoint, kind and outcome", reviews.clone());
-        let latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25])
-        });
+        let latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
         registry.register("admission_duration_seconds", "Time to answer one admission review", latency.clone());
         let cert_expiry = Gauge::<i64, AtomicI64>::default();
         registry.register(
@@ -51,7 +60,7 @@ impl Default for Metrics {
             "Certificate files that changed but could not be loaded (the last good one stays)",
             cert_reload_failures.clone(),
         );
-        Metrics { registry, reviews, latency, cert_expiry, cert_reload_failures }
+        Metrics { registry: root, reviews, latency, cert_expiry, cert_reload_failures }
     }
 }
 

@@ -120,3 +120,58 @@ pub fn field<'a>(report: &'a str, key: &str) -> Result<&'a str> {
         None => bail!("the report has no {key}: {report}"),
     }
 }
+
+/// Opted-in pods created without pause (dry run: admission runs, nothing is
+/// stored) while something changes under the webhook: a certificate, an
+/// upgrade. [`AdmissionLoad::finish`] fails on any admission that failed or
+/// came back without the injector.
+pub struct AdmissionLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u32, Vec<String>)>,
+}
+
+impl AdmissionLoad {
+    pub fn start(bed: &Bed, ns: &str) -> Result<AdmissionLoad> {
+        let pods: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"generateName": "dry-", "annotations": {"keyhole.dev/inject": "true", "keyhole.dev/role": "r",
+                "keyhole.dev/secret-x": format!("secret/{ns}/x#y")}},
+            "spec": {"containers": [{"name": "app", "image": image::APP_IMAGE}]}
+        }))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match pods.create(&PostParams { dry_run: true, ..Default::default() }, &pod).await {
+                        Ok(p) if p.spec.as_ref().is_some_and(|s| s.init_containers.is_some()) => ok += 1,
+                        Ok(_) => failed.push("admitted without the injector".to_owned()),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        };
+        Ok(AdmissionLoad { stop, task })
+    }
+
+    /// Stops the load; the number of admissions, all of which succeeded, or
+    /// why not. `during` names what happened meanwhile, for the messages.
+    pub async fn finish(self, during: &str, at_least: u32) -> Result<u32> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failed) = self.task.await?;
+        if !failed.is_empty() {
+            bail!(
+                "{} of {} admissions failed during {during}: {:?}",
+                failed.len(),
+                ok as usize + failed.len(),
+                &failed[..failed.len().min(3)]
+            );
+        }
+        if ok < at_least {
+            bail!("only {ok} admissions during {during}");
+        }
+        Ok(ok)
+    }
+}

@@ -111,6 +111,7 @@ pub async fn rotation(bed: &Bed) -> Result<()> {
         namespace: Some(ns.clone()),
         lease_namespace: ns.clone(),
         config_yaml: rotation::config_yaml(bed, &role, &proxy.url),
+        impersonate: None,
     };
     let ctrl = Controller::start(bed, &ns, &opts).await?;
     let t0 = Instant::now();

@@ -15,7 +15,23 @@ pub type TestFn = for<'a> fn(&'a Bed) -> Pin<Box<dyn Future<Output = Result<()>>
 
 /// `tests: [(name, fn)]`, in parallel. Prints the libtest summary line CI reads.
 pub fn run(tests: Vec<(&'static str, TestFn)>) -> ! {
-    run_with(Arguments::from_args(), tests, false)
+    run_with(Arguments::from_args(), tests, Node::None)
+}
+
+/// Which bed: without a node, with one, with one and keyhole installed on it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Node {
+    None,
+    Bare,
+    Installed,
+}
+
+/// Like [`run`], on a bed with a real node and nothing of keyhole's on it (the
+/// tests install it themselves); one test at a time in the order given.
+pub fn run_on_node(tests: Vec<(&'static str, TestFn)>) -> ! {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    run_with(args, tests, Node::Bare)
 }
 
 /// Like [`run`], on a bed with a real node ([`Bed::start_with_node`]) and keyhole
@@ -24,7 +40,7 @@ pub fn run(tests: Vec<(&'static str, TestFn)>) -> ! {
 pub fn run_on_node_installed(tests: Vec<(&'static str, TestFn)>) -> ! {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    run_with(args, tests, true)
+    run_with(args, tests, Node::Installed)
 }
 
 /// Like [`run`], one test at a time in the order given: for a binary whose last
@@ -32,10 +48,10 @@ pub fn run_on_node_installed(tests: Vec<(&'static str, TestFn)>) -> ! {
 pub fn run_in_order(tests: Vec<(&'static str, TestFn)>) -> ! {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    run_with(args, tests, false)
+    run_with(args, tests, Node::None)
 }
 
-fn run_with(args: Arguments, tests: Vec<(&'static str, TestFn)>, with_node: bool) -> ! {
+fn run_with(args: Arguments, tests: Vec<(&'static str, TestFn)>, node: Node) -> ! {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
 
     // Nothing to run (filtered out, or --list): don't pay for a bed.
@@ -45,7 +61,9 @@ fn run_with(args: Arguments, tests: Vec<(&'static str, TestFn)>, with_node: bool
         libtest_mimic::run(&args, trials).exit();
     }
 
-    let start = if with_node {
+    let start = if node == Node::Bare {
+        rt.block_on(Bed::start_with_node()).map(|bed| (bed, None))
+    } else if node == Node::Installed {
         rt.block_on(async {
             let mut bed = Bed::start_with_node().await?;
             let t0 = std::time::Instant::now();

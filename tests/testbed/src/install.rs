@@ -36,16 +36,7 @@ impl Bed {
     /// available: the webhook behind its Service, the rotation controller under
     /// its own RBAC.
     pub async fn install_keyhole(&self, config_yaml: &str) -> Result<Install> {
-        self.vault(
-            "PUT",
-            &format!("sys/policies/acl/{VAULT_ROTATION_ROLE}"),
-            Some(serde_json::json!({
-                "policy": "path \"secret/metadata/*\" { capabilities = [\"read\"] }\n"
-            })),
-        )
-        .await?;
-        self.vault_kubernetes_role(VAULT_ROTATION_ROLE, NAMESPACE, "keyhole-rotation", "vault", VAULT_ROTATION_ROLE)
-            .await?;
+        self.rotation_backend_role().await?;
         let dir = self.dir.join("install");
         let certs = dir.join("certs");
         std::fs::create_dir_all(&certs)?;
@@ -77,6 +68,58 @@ impl Bed {
                 .with_context(|| format!("{deploy} did not become available"))?;
         }
         Ok(Install { overlay, certs })
+    }
+
+    /// The rotation controller's OpenBao role (metadata reads), bound to its
+    /// service account in [`NAMESPACE`].
+    pub async fn rotation_backend_role(&self) -> Result<()> {
+        self.vault(
+            "PUT",
+            &format!("sys/policies/acl/{VAULT_ROTATION_ROLE}"),
+            Some(serde_json::json!({
+                "policy": "path \"secret/metadata/*\" { capabilities = [\"read\"] }\n"
+            })),
+        )
+        .await?;
+        self.vault_kubernetes_role(VAULT_ROTATION_ROLE, NAMESPACE, "keyhole-rotation", "vault", VAULT_ROTATION_ROLE)
+            .await
+    }
+
+    /// Writes Helm values holding `config_yaml` (the keyhole-config body) as
+    /// `config`, for `helm install -f`.
+    pub fn helm_values(&self, name: &str, config_yaml: &str) -> Result<PathBuf> {
+        let config: serde_yaml::Value = serde_yaml::from_str(config_yaml).context("the bed's config")?;
+        let dir = self.dir.join("helm");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(name);
+        let mut values = serde_yaml::Mapping::new();
+        values.insert("config".into(), config);
+        std::fs::write(&path, serde_yaml::to_string(&values)?)?;
+        Ok(path)
+    }
+
+    /// The bed's helm (tests/tools/helm) with the admin kubeconfig, from the
+    /// repository root (so `charts/keyhole` is the chart); stdout on success.
+    pub async fn helm(&self, args: &[&str]) -> Result<String> {
+        let out = tokio::process::Command::new(&self.parts.helm)
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(args)
+            .current_dir(repo_root())
+            .env("HELM_CACHE_HOME", self.dir.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.dir.join("helm/config"))
+            .env("HELM_DATA_HOME", self.dir.join("helm/data"))
+            .output()
+            .await
+            .context("run helm")?;
+        if !out.status.success() {
+            bail!(
+                "helm {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The bed's kubectl with the admin kubeconfig; stdout on success. Async: the

@@ -62,6 +62,10 @@ pub struct Parts {
     pub bao: PathBuf,
     pub moto_server: PathBuf,
     pub kubectl: PathBuf,
+    /// Built from tests/tools/helm (the chart's tests).
+    pub helm: PathBuf,
+    /// Built from tests/tools/promtool (the alerts' tests).
+    pub promtool: PathBuf,
 }
 
 impl Parts {
@@ -73,8 +77,10 @@ impl Parts {
             bao: venv.join("bao"),
             moto_server: venv.join("moto_server"),
             kubectl: venv.join("kubectl"),
+            helm: cache.join("bin/helm"),
+            promtool: cache.join("bin/promtool"),
         };
-        for p in [&parts.kube_bed, &parts.bao, &parts.moto_server, &parts.kubectl] {
+        for p in [&parts.kube_bed, &parts.bao, &parts.moto_server, &parts.kubectl, &parts.helm, &parts.promtool] {
             if !p.exists() {
                 bail!("{} is missing: run `make bed-deps` (tests/bed/install.sh) first", p.display());
             }

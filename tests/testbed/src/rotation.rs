@@ -49,6 +49,9 @@ pub struct Opts {
     pub namespace: Option<String>,
     pub lease_namespace: String,
     pub config_yaml: String,
+    /// Talk to the API server as this user (`system:serviceaccount:<ns>:<name>`)
+    /// rather than as the bed's admin, through kube-rs's impersonation override.
+    pub impersonate: Option<String>,
 }
 
 pub struct Controller {
@@ -91,17 +94,15 @@ impl Controller {
         if let Some(ns) = &opts.namespace {
             args.push(format!("--watch-namespace={ns}"));
         }
-        let proc = Proc::spawn(
-            &opts.identity,
-            &workspace_bin("keyhole-rotation")?,
-            &args,
-            &[
-                ("KUBECONFIG", bed.kubeconfig.display().to_string()),
-                ("KEYHOLE_LOG", "info".into()),
-                ("NO_COLOR", "1".into()),
-            ],
-            dir.path(),
-        )?;
+        let mut env = vec![
+            ("KUBECONFIG", bed.kubeconfig.display().to_string()),
+            ("KEYHOLE_LOG", "info".into()),
+            ("NO_COLOR", "1".into()),
+        ];
+        if let Some(user) = &opts.impersonate {
+            env.push(("KUBE_RS_DEBUG_IMPERSONATE_USER", user.clone()));
+        }
+        let proc = Proc::spawn(&opts.identity, &workspace_bin("keyhole-rotation")?, &args, &env, dir.path())?;
         let mut c = Controller {
             proc,
             identity: opts.identity.clone(),
@@ -141,6 +142,12 @@ impl Controller {
             }
         }
         out
+    }
+
+    /// `GET path` on the admin listener: the status and the body.
+    pub async fn probe(&self, path: &str) -> Result<(u16, String)> {
+        let r = reqwest::get(format!("{}{path}", self.metrics_url)).await?;
+        Ok((r.status().as_u16(), r.text().await?))
     }
 
     pub async fn metrics(&self) -> Result<String> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use keyhole_testbed::app::{deploy, field, phase, reports, rollout, sha256, terminated};
+use keyhole_testbed::app::{AdmissionLoad, deploy, field, phase, reports, rollout, sha256, terminated};
 use keyhole_testbed::leaks::{self, secret};
 use keyhole_testbed::proc::wait_until;
 use keyhole_testbed::workload::secret_output_rbac;
@@ -423,30 +423,7 @@ async fn webhook_certificate_rotated_in_its_secret_no_admission_fails(bed: &Bed)
     ensure!(ips.len() == 2, "webhook pod IPs: {ips:?}");
     let old = served_fingerprint(bed, &ips[0]).await?;
 
-    // Opted-in pods created (dry run: admission runs, nothing is stored) without
-    // pause while the certificate changes.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (client, ns, stop) = (bed.client.clone(), ns.clone(), stop.clone());
-        tokio::spawn(async move {
-            let pods: Api<Pod> = Api::namespaced(client, &ns);
-            let pod: Pod = serde_json::from_value(json!({
-                "metadata": {"generateName": "dry-", "annotations": {"keyhole.dev/inject": "true", "keyhole.dev/role": "r",
-                    "keyhole.dev/secret-x": format!("secret/{ns}/x#y")}},
-                "spec": {"containers": [{"name": "app", "image": image::APP_IMAGE}]}
-            }))
-            .expect("pod");
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match pods.create(&PostParams { dry_run: true, ..Default::default() }, &pod).await {
-                    Ok(p) if p.spec.as_ref().is_some_and(|s| s.init_containers.is_some()) => ok += 1,
-                    Ok(_) => failed.push("admitted without the injector".to_owned()),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            (ok, failed)
-        })
-    };
+    let load = AdmissionLoad::start(bed, &ns)?;
     // `make certs` again: same CA (the caBundle stays), a new leaf; then apply.
     let out = tokio::process::Command::new("bash")
         .arg(keyhole_testbed::webhook::repo_root().join("certs/make-certs.sh"))
@@ -471,17 +448,9 @@ async fn webhook_certificate_rotated_in_its_secret_no_admission_fails(bed: &Bed)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.await?;
+    let ok = load.finish("the certificate swap", 20).await;
     swapped?;
-    ensure!(
-        failed.is_empty(),
-        "{} of {} admissions failed during the swap: {:?}",
-        failed.len(),
-        ok as usize + failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    ensure!(ok > 20, "only {ok} admissions during the swap");
+    let ok = ok?;
     eprintln!("    {ok} admissions during the certificate swap, none failed");
     Ok(())
 }

@@ -13,6 +13,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use keyhole_contract::names;
 use keyhole_testbed::kubelet::{InitOpts, run_init_container};
 use keyhole_testbed::leaks::{self, secret};
@@ -38,6 +39,9 @@ fn main() {
         a_failing_workload_at_the_reference_cap_holds_no_one_back,
         references_outside_the_namespaces_grants_are_never_looked_up,
         vault_tokens_are_revoked_after_use,
+        readyz_waits_for_every_watch_to_list,
+        a_deferred_rollout_gets_a_warning_and_the_one_that_rolled_none,
+        a_failed_look_up_gets_a_warning_once_and_its_control_none,
     ]);
 }
 
@@ -87,6 +91,7 @@ impl Env {
             namespace: Some(self.ns.clone()),
             lease_namespace: self.ns.clone(),
             config_yaml: rotation::config_yaml(bed, &self.rotation_role, &bed.moto_url),
+            impersonate: None,
         }
     }
 
@@ -727,4 +732,179 @@ async fn vault_tokens_are_revoked_after_use(bed: &Bed) -> Result<()> {
     let left = live_tokens(bed, ns, &env.rotation_role).await?;
     ensure!(left == 0, "{left} tokens of the stopped controller still live");
     Ok(())
+}
+
+/// What the controller needs in its namespace, as a Role; `daemonsets: false`
+/// leaves DaemonSets out, so their watch cannot list.
+fn controller_role(daemonsets: bool) -> Result<Role> {
+    let mut workloads = vec!["deployments", "statefulsets"];
+    if daemonsets {
+        workloads.push("daemonsets");
+    }
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": "keyhole-rotation"},
+        "rules": [
+            {"apiGroups": ["apps"], "resources": workloads, "verbs": ["get", "list", "watch", "patch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        ]
+    }))?)
+}
+
+/// Readiness waits for the first list of every watched kind (and a lease
+/// round); liveness does not. The controller runs as its own service account,
+/// which at first may not list DaemonSets: not ready, live; once the Role
+/// grants them, ready.
+async fn readyz_waits_for_every_watch_to_list(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-ready").await?;
+    let ns = &env.ns;
+    let roles: Api<Role> = Api::namespaced(bed.client.clone(), ns);
+    roles.create(&PostParams::default(), &controller_role(false)?).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "keyhole-rotation"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "keyhole-rotation"},
+        "subjects": [{"kind": "ServiceAccount", "name": rotation::SA, "namespace": ns}]
+    }))?;
+    Api::<RoleBinding>::namespaced(bed.client.clone(), ns).create(&PostParams::default(), &binding).await?;
+    let mut opts = env.opts(bed, "ctrl");
+    opts.impersonate = Some(format!("system:serviceaccount:{ns}:{}", rotation::SA));
+    let ctrl = Controller::start(bed, ns, &opts).await?;
+    leaks::remember_all(ctrl.tokens.iter().cloned());
+
+    // The lease loop runs and the other watches list meanwhile: only the DaemonSets hold readiness back.
+    wait_until("a lease holder", Duration::from_secs(20), || async {
+        lease_holder(bed, ns, "keyhole-rotation").await.is_some()
+    })
+    .await?;
+    let unlisted = (503, "the DaemonSets have not been listed yet".to_owned());
+    wait_until("/readyz to wait for the DaemonSets only", Duration::from_secs(20), || async {
+        ctrl.probe("/readyz").await.is_ok_and(|r| r == unlisted)
+    })
+    .await?;
+    for _ in 0..6 {
+        let ready = ctrl.probe("/readyz").await?;
+        ensure!(ready.0 == 503, "/readyz before the DaemonSets are listed: {ready:?}");
+        let live = ctrl.probe("/healthz").await?;
+        ensure!(live == (200, "ok".to_owned()), "/healthz while listing: {live:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let mut granted = controller_role(true)?;
+    granted.metadata.resource_version = roles.get("keyhole-rotation").await?.metadata.resource_version;
+    roles.replace("keyhole-rotation", &PostParams::default(), &granted).await?;
+    let t0 = Instant::now();
+    // The watcher retries with a backoff of up to 30 s.
+    wait_until("/readyz to answer 200", Duration::from_secs(60), || async {
+        ctrl.probe("/readyz").await.is_ok_and(|(status, _)| status == 200)
+    })
+    .await?;
+    eprintln!("rot-ready: ready {:.1}s after the grant", t0.elapsed().as_secs_f64());
+    ensure!(ctrl.probe("/healthz").await? == (200, "ok".to_owned()));
+    // Ready means working: it records a new workload's versions as that service account.
+    let param = format!("/{ns}/db");
+    bed.put_ssm(&param, &secret("ready1")).await?;
+    create(bed, ns, &deployment("web", ssm_annotations(ns, &param))?).await?;
+    wait_observed(bed, ns, "web", &format!("{{\"{param}\":1}}")).await?;
+    finish(&[&ctrl])
+}
+
+/// The one Warning of `reason` on `name`, once it is there; said once (no series).
+async fn one_warning(bed: &Bed, ns: &str, name: &str, reason: &str) -> Result<String> {
+    wait_until(&format!("a {reason} event on {name}"), Duration::from_secs(30), || async {
+        events(bed, ns, name, reason).await.is_ok_and(|e| !e.is_empty())
+    })
+    .await?;
+    let evs = events(bed, ns, name, reason).await?;
+    ensure!(evs.len() == 1, "{} {reason} events on {name}", evs.len());
+    ensure!(evs[0].type_.as_deref() == Some("Warning"), "{reason} is a {:?} event", evs[0].type_);
+    ensure!(evs[0].series.is_none(), "{reason} was said again: {:?}", evs[0].series);
+    let note = evs[0].note.clone().unwrap_or_default();
+    leaks::scan(&format!("the {reason} event"), &note)?;
+    Ok(note)
+}
+
+/// With one rollout per interval, of two workloads whose value changed the
+/// first (by name) rolls and the second waits, with a RotationDeferred Warning,
+/// said once though a new workload makes it wait through a second poll; then it rolls.
+async fn a_deferred_rollout_gets_a_warning_and_the_one_that_rolled_none(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-defer").await?;
+    let ns = &env.ns;
+    let param = format!("/{ns}/db");
+    bed.put_ssm(&param, &secret("d1")).await?;
+    // Both exist before the controller starts: one poll records both, so both are due together.
+    create(bed, ns, &deployment("a-rolls", ssm_annotations(ns, &param))?).await?;
+    create(bed, ns, &deployment("b-waits", ssm_annotations(ns, &param))?).await?;
+    let mut opts = env.opts(bed, "ctrl");
+    opts.max_rollouts = 1;
+    opts.interval = "4s".into();
+    let ctrl = Controller::start(bed, ns, &opts).await?;
+    leaks::remember_all(ctrl.tokens.iter().cloned());
+    for name in ["a-rolls", "b-waits"] {
+        wait_observed(bed, ns, name, &format!("{{\"{param}\":1}}")).await?;
+        wait_replica_sets(bed, ns, name, 1, Duration::from_secs(30)).await?;
+    }
+
+    bed.put_ssm(&param, &secret("d2")).await?;
+    let note = one_warning(bed, ns, "b-waits", "RotationDeferred").await?;
+    // A new workload wakes the loop within the budget's window: the waiting one is deferred again.
+    create(bed, ns, &deployment("c-new", ssm_annotations(ns, &param))?).await?;
+    let deferred =
+        || async { ctrl.counter("keyhole_rotation_workload_polls_total", "outcome=\"deferred\"").await.unwrap_or(0.0) };
+    wait_until("a second deferral", Duration::from_secs(10), || async { deferred().await >= 2.0 }).await?;
+    wait_replica_sets(bed, ns, "a-rolls", 2, SLACK).await?;
+    for needle in [format!("keyhole.dev/secret-db ({param}) moved from version 1 to 2"), "--max-rollouts".to_owned()] {
+        ensure!(note.contains(&needle), "RotationDeferred note {note:?} lacks {needle:?}");
+    }
+    wait_replica_sets(bed, ns, "b-waits", 2, Duration::from_secs(20)).await?;
+    let d = get(bed, ns, "b-waits").await?;
+    ensure!(observed(&d) == Some(format!("{{\"{param}\":2}}")), "the deferred workload did not record the new version");
+    one_warning(bed, ns, "b-waits", "RotationDeferred").await?;
+    ensure!(
+        events(bed, ns, "a-rolls", "RotationDeferred").await?.is_empty(),
+        "the workload that rolled was deferred too"
+    );
+    check_rotated_event(bed, ns, "a-rolls", "moved from version 1 to 2").await?;
+    check_rotated_event(bed, ns, "b-waits", "moved from version 1 to 2").await?;
+    finish(&[&ctrl])
+}
+
+/// A reference the controller's Vault policy does not cover (a 403) fails its
+/// look-up at every poll: one RotationLookupFailed Warning names the store, the
+/// reference and the backend's answer; the control beside it records, with no Warning.
+async fn a_failed_look_up_gets_a_warning_once_and_its_control_none(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-lookup").await?;
+    let ns = &env.ns;
+    let elsewhere = format!("{ns}-elsewhere");
+    for path in [format!("secret/data/{ns}/db"), format!("secret/data/{elsewhere}/db")] {
+        bed.vault("POST", &path, Some(json!({"data": {"password": secret("lk1")}}))).await?;
+    }
+    let ctrl = env.controller(bed, "ctrl").await?;
+    create(bed, ns, &deployment("control", vault_annotations(ns))?).await?;
+    let mut outside = vault_annotations(ns);
+    outside["keyhole.dev/secret-db"] = json!(format!("secret/{elsewhere}/db#password"));
+    let mut broken = deployment("broken", outside)?;
+    broken.spec.replicas = Some(0);
+    create(bed, ns, &broken).await?;
+    wait_observed(bed, ns, "control", &format!("{{\"secret/{ns}/db\":1}}")).await?;
+
+    let note = one_warning(bed, ns, "broken", "RotationLookupFailed").await?;
+    for needle in ["store \"vault\"", &format!("secret/{elsewhere}/db"), "HTTP 403"] {
+        ensure!(note.contains(needle), "RotationLookupFailed note {note:?} lacks {needle:?}");
+    }
+    let polls = ctrl.counter("keyhole_rotation_polls_total", "").await?;
+    wait_until("three more polls", Duration::from_secs(30), || async {
+        ctrl.counter("keyhole_rotation_polls_total", "").await.unwrap_or(0.0) >= polls + 3.0
+    })
+    .await?;
+    ensure!(
+        ctrl.counter("keyhole_rotation_workload_polls_total", "lookup_failed").await? >= 3.0,
+        "the look-up did not fail at every poll"
+    );
+    one_warning(bed, ns, "broken", "RotationLookupFailed").await?;
+    ensure!(observed(&get(bed, ns, "broken").await?).is_none(), "the broken workload was recorded");
+    ensure!(events(bed, ns, "control", "RotationLookupFailed").await?.is_empty(), "the control got a Warning");
+    let denied = ctrl.counter("keyhole_rotation_backend_requests_total", "outcome=\"denied\"").await?;
+    let ok = ctrl.counter("keyhole_rotation_backend_requests_total", "outcome=\"ok\"").await?;
+    ensure!(denied >= 1.0 && ok >= 1.0, "backend requests: {denied} denied, {ok} ok");
+    finish(&[&ctrl])
 }
