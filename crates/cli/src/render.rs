@@ -78,7 +78,10 @@ pub fn render_as(config: &Config, yaml: &str, show: Show) -> Result<String, Vec<
 
 /// The patched pod: a Pod as written, or a workload's pod template as a Pod.
 /// Every field the manifest has is kept; only the patch is added.
-fn render_one(config: &Config, value: Value) -> Result<Option<(Value, Option<Box<Plan>>)>, RenderError> {
+/// A rendered object: the patched pod, and the plan when keyhole patched it.
+type Rendered = (Value, Option<Box<Plan>>);
+
+fn render_one(config: &Config, value: Value) -> Result<Option<Rendered>, RenderError> {
     let kind = value["kind"].as_str().unwrap_or_default().to_owned();
     let name = value["metadata"]["name"].as_str().unwrap_or_default().to_owned();
     let unreadable = |source| RenderError::Unreadable { kind: kind.clone(), name: name.clone(), source };
