@@ -14,6 +14,7 @@ pub mod duration;
 pub mod names;
 pub mod plan;
 pub mod reference;
+pub mod reference_doc;
 pub mod store;
 pub mod workload;
 

@@ -40,6 +40,20 @@ pub const POD_SERVICE_ACCOUNT_ENV: &str = "KEYHOLE_POD_SERVICE_ACCOUNT";
 /// them. The install's ValidatingAdmissionPolicy (manifests/secret-provenance.yaml)
 /// lets only that service account create such a Secret.
 pub const SERVICE_ACCOUNT_ANNOTATION: &str = "keyhole.dev/service-account";
+/// Annotation on keyhole's Secrets: the digest of the plan whose values it holds
+/// ([`crate::Plan::digest`]). The injector writes it (its own constant of the
+/// same value, `keyhole_injector::secret::PLAN_DIGEST_ANNOTATION`, is checked
+/// against this one by the reference test).
+pub const PLAN_DIGEST_ANNOTATION: &str = "keyhole.dev/plan-digest";
+/// Annotation on keyhole's Secrets and claims: the pod (`namespace/name`) whose
+/// injector made them.
+pub const CREATED_BY_ANNOTATION: &str = "keyhole.dev/created-by";
+/// Annotation on a claim: until when (Unix seconds) its pod may be fetching.
+pub const CLAIM_EXPIRES_ANNOTATION: &str = "keyhole.dev/claim-expires";
+/// Annotation the Helm chart writes on the serving certificate's Secret it makes
+/// (`tls.source: helm`): the certificate's notAfter, Unix seconds. No binary
+/// reads it; it is here so that the annotation reference covers it.
+pub const TLS_NOT_AFTER_ANNOTATION: &str = "keyhole.dev/not-after";
 /// Where the kubelet reads a failed container's one-line reason.
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
 
