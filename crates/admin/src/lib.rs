@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod metrics;
+pub mod watched;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -49,7 +49,7 @@ pub const MAX_REFERENCES: usize = 100;
 /// Every key a user may write, for the "unknown annotation" hint.
 const USER_KEYS: &[&str] = &[INJECT, STORE, ROLE, OUTPUT, MOUNT_PATH, CONTAINERS, FILE_MODE, ROTATE, REFRESH_INTERVAL];
 /// Keys keyhole writes itself; accepted, never required.
-const SYSTEM_KEYS: &[&str] = &[STATUS, VERSIONS, OBSERVED_VERSIONS];
+const SYSTEM_KEYS: &[&str] = &[STATUS, crate::names::PLAN_ANNOTATION, VERSIONS, OBSERVED_VERSIONS];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Output {

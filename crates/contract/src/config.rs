@@ -54,16 +54,24 @@ pub enum ConfigError {
     NoImage { path: String },
 }
 
+impl ConfigError {
+    /// The same error, naming the file it came from.
+    pub fn at(self, path: &str) -> ConfigError {
+        let path = path.to_owned();
+        match self {
+            ConfigError::Read { source, .. } => ConfigError::Read { path, source },
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path, source },
+            ConfigError::Stores { source, .. } => ConfigError::Stores { path, source },
+            ConfigError::NoImage { .. } => ConfigError::NoImage { path },
+        }
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
-        Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse { path: p.clone(), source },
-            ConfigError::Stores { source, .. } => ConfigError::Stores { path: p.clone(), source },
-            ConfigError::NoImage { .. } => ConfigError::NoImage { path: p.clone() },
-            other => other,
-        })
+        Config::parse(&text).map_err(|e| e.at(&p))
     }
 
     pub fn parse(yaml: &str) -> Result<Config, ConfigError> {

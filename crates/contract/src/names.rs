@@ -27,8 +27,24 @@ pub const TOKEN_EXPIRATION_SECONDS: i64 = 600;
 /// the pod's memory.
 pub const SECRETS_VOLUME_SIZE_LIMIT: &str = "8Mi";
 
-/// Env var carrying the plan (JSON) into the injector.
+/// Env var that can carry the plan (JSON) into the injector when it runs outside
+/// a pod; in a pod the plan comes from [`PLAN_ANNOTATION`] through [`PLAN_VOLUME`].
 pub const PLAN_ENV: &str = "KEYHOLE_PLAN";
+/// Annotation the webhook writes on the pod: the plan, one line of JSON. It is
+/// the injector's input (through a downward-API volume), kept out of the
+/// container's env so that `kubectl describe pod` shows one shortened line.
+pub const PLAN_ANNOTATION: &str = "keyhole.dev/plan";
+/// The downward-API volume, mounted into the injector only, holding
+/// [`PLAN_ANNOTATION`] as the file [`PLAN_FILE`] in [`PLAN_DIR`].
+pub const PLAN_VOLUME: &str = "keyhole-plan";
+pub const PLAN_DIR: &str = "/var/run/secrets/keyhole.dev/plan";
+pub const PLAN_FILE: &str = "plan.json";
+/// Env var with the plan file's path (the injector's `--plan`).
+pub const PLAN_FILE_ENV: &str = "KEYHOLE_PLAN_FILE";
+/// Env var with the SHA-256 of the plan the webhook wrote. Annotations can be
+/// edited after admission, a container's env cannot: the injector refuses a
+/// plan file that does not hash to it.
+pub const PLAN_SHA256_ENV: &str = "KEYHOLE_PLAN_SHA256";
 /// Downward-API env vars the injector reads for the pod's identity.
 pub const POD_NAME_ENV: &str = "KEYHOLE_POD_NAME";
 pub const POD_NAMESPACE_ENV: &str = "KEYHOLE_POD_NAMESPACE";

@@ -1,8 +1,10 @@
 //! The plan: everything the injector needs, resolved by the webhook from the pod's
-//! annotations and the operator's stores, handed over as JSON in [`PLAN_ENV`].
+//! annotations and the operator's stores, handed over as JSON in the pod's
+//! [`PLAN_ANNOTATION`], bound to the injector by its SHA-256 in [`PLAN_SHA256_ENV`].
 //! It carries references, never values.
 //!
-//! [`PLAN_ENV`]: crate::names::PLAN_ENV
+//! [`PLAN_ANNOTATION`]: crate::names::PLAN_ANNOTATION
+//! [`PLAN_SHA256_ENV`]: crate::names::PLAN_SHA256_ENV
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -256,6 +258,11 @@ impl Plan {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("plan serializes")
+    }
+
+    /// SHA-256 (hex) of the plan's JSON text exactly as written.
+    pub fn json_sha256(json: &str) -> String {
+        hex::encode(Sha256::digest(json.as_bytes()))
     }
 
     pub fn from_json(s: &str) -> Result<Self, PlanError> {

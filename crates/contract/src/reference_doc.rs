@@ -363,6 +363,27 @@ pub fn entries() -> Vec<Entry> {
             examples: vec![Example { caption: "", store: None, annotations: pairs(&[(a::STATUS, a::STATUS_INJECTED)]) }],
         },
         Entry {
+            key: Key::Exact(names::PLAN_ANNOTATION),
+            writer: Writer::Webhook,
+            summary: "The plan: what the pod's injector fetches, from which store, with which role, and where it writes.".into(),
+            value: "one line of JSON: the store's connection (address or region, auth, `caBundle`), the role, the references and templates, the output, the file mode and the deadline. No value, no grant, no rotation role.".into(),
+            default: "none".into(),
+            applies_to: "Pods".into(),
+            limits: vec![format!(
+                "The injector reads it through a downward-API volume (`{}`, in the init container only) and refuses it unless it hashes to `{}` in its env, which no one can change after admission: editing it on a pod makes that pod fail with a message that says so. `kubectl describe pod` shows its first 140 characters; `kubectl get pod <name> -o jsonpath='{{.metadata.annotations.keyhole\\.dev/plan}}'` prints it whole.",
+                names::PLAN_VOLUME,
+                names::PLAN_SHA256_ENV
+            )],
+            examples: vec![Example {
+                caption: "",
+                store: None,
+                annotations: pairs(&[(
+                    names::PLAN_ANNOTATION,
+                    r#"{"version":1,"storeName":"vault","store":{"kind":"vault","address":"https://vault.vault.svc:8200","auth":{"method":"kubernetes"},"audience":"vault"},"role":"app","tokenPath":"/var/run/secrets/keyhole.dev/backend/token","outputDir":"/keyhole/out","fileMode":256,"items":[{"name":"db_password","reference":{"kind":"vault","path":"secret/shop/db","field":"password"}}],"deadlineSeconds":60}"#,
+                )]),
+            }],
+        },
+        Entry {
             key: Key::Exact(a::VERSIONS),
             writer: Writer::Rotation,
             summary: "A digest of the versions the workload's pods were rolled out for; when it changes, the workload rolls.".into(),
@@ -520,8 +541,9 @@ pub fn render_markdown() -> String {
             let _ = writeln!(w);
             let _ = writeln!(
                 w,
-                "You will see these on your objects. They are keyhole's: do not write or change them (the webhook accepts `{}`, `{}` and `{}` on a pod, and ignores them).",
+                "You will see these on your objects. They are keyhole's: do not write or change them (the webhook accepts `{}`, `{}`, `{}` and `{}` on a pod, and replaces or ignores them).",
                 a::STATUS,
+                names::PLAN_ANNOTATION,
                 a::VERSIONS,
                 a::OBSERVED_VERSIONS
             );

@@ -135,11 +135,22 @@ impl Store {
     }
     /// The store as the injector needs it: without the tenancy rules, which
     /// are the webhook's and the rotation controller's business.
+    /// The store as the injector needs it: without the grants, the default
+    /// role (the plan has the role) and the rotation controller's role, which
+    /// are the operator's business and would show on every pod.
     pub fn for_plan(&self) -> Store {
         let mut store = self.clone();
         match &mut store {
-            Store::Vault(v) => v.allow = None,
-            Store::AwsSsm(s) => s.allow = None,
+            Store::Vault(v) => {
+                v.allow = None;
+                v.default_role = None;
+                v.rotation_role = None;
+            }
+            Store::AwsSsm(s) => {
+                s.allow = None;
+                s.default_role = None;
+                s.rotation_role = None;
+            }
         }
         store
     }

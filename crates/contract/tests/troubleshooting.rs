@@ -32,6 +32,8 @@ const SOURCES: &[&str] = &[
     "crates/contract/src/config.rs",
     "crates/webhook/src/tls.rs",
     "crates/rotation/src/backend.rs",
+    // `keyhole roll --wait`.
+    "crates/rotation/src/rollout.rs",
 ];
 
 /// Fragments shorter than this are too common to say anything ("read", ": ").
@@ -55,6 +57,12 @@ fn error_formats(text: &str) -> Vec<(usize, String)> {
                 '"' => break,
                 '\\' => match chars.next() {
                     Some('n') => literal.push('\n'),
+                    // A continuation: the line break and the next line's indent are not in the string.
+                    Some('\n') => {
+                        while chars.clone().next().is_some_and(char::is_whitespace) {
+                            chars.next();
+                        }
+                    }
                     Some(other) => literal.push(other),
                     None => break,
                 },

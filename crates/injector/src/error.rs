@@ -119,8 +119,17 @@ impl Error {
 /// Why the plan could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("no plan: set {env} (the webhook does) or pass --plan FILE", env = names::PLAN_ENV)]
+    #[error(
+        "no plan: in a pod the webhook mounts its {annotation} annotation and sets {file}; outside one, pass --plan FILE or set {env}",
+        annotation = names::PLAN_ANNOTATION, file = names::PLAN_FILE_ENV, env = names::PLAN_ENV
+    )]
     Missing,
+    #[error(
+        "the pod's {annotation} changed after admission (its SHA-256 is {found}, the webhook wrote {expected}): \
+         someone edited the pod's annotations; delete the pod so that its controller makes a new one",
+        annotation = names::PLAN_ANNOTATION
+    )]
+    Changed { expected: String, found: String },
     #[error("cannot read the plan file {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error(transparent)]

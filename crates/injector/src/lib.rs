@@ -36,12 +36,17 @@ pub enum LogFormat {
 #[derive(Parser)]
 #[command(name = "keyhole-injector", version, about = "Fetches the planned secrets into the pod's tmpfs volume")]
 pub struct Args {
-    /// The plan as JSON (the webhook sets KEYHOLE_PLAN).
+    /// The plan as JSON, for use outside a pod.
     #[arg(long = "plan-json", env = names::PLAN_ENV, hide_env_values = true)]
     pub plan_json: Option<String>,
-    /// A file holding the plan as JSON, for use outside a pod; wins over KEYHOLE_PLAN.
-    #[arg(long, env = "KEYHOLE_PLAN_FILE")]
+    /// A file holding the plan as JSON; wins over KEYHOLE_PLAN. In a pod, the
+    /// webhook's `keyhole.dev/plan` annotation through a downward-API volume.
+    #[arg(long, env = names::PLAN_FILE_ENV)]
     pub plan: Option<PathBuf>,
+    /// SHA-256 (hex) the plan's text must have; the webhook sets it in the
+    /// injector's env, which no one can change after admission.
+    #[arg(long, env = names::PLAN_SHA256_ENV)]
+    pub plan_sha256: Option<String>,
     /// Where the one-line failure reason goes.
     #[arg(long, env = "KEYHOLE_TERMINATION_LOG", default_value = names::TERMINATION_LOG)]
     pub termination_log: PathBuf,
@@ -133,6 +138,7 @@ impl Args {
         let Self {
             plan_json,
             plan,
+            plan_sha256,
             termination_log,
             deadline,
             pod_namespace,
@@ -143,7 +149,7 @@ impl Args {
             log_format: _,
         } = self;
         let started = std::time::Instant::now();
-        let loaded = load_plan(plan_json.as_deref(), plan.as_deref());
+        let loaded = load_plan(plan_json.as_deref(), plan.as_deref(), plan_sha256.as_deref());
         let (store, kind) = match &loaded {
             Ok(p) => (p.store_name.clone(), p.store.kind().as_str()),
             Err(_) => ("-".to_owned(), "-"),
@@ -183,13 +189,19 @@ impl Args {
     }
 }
 
-fn load_plan(json: Option<&str>, file: Option<&Path>) -> Result<Plan, LoadError> {
+fn load_plan(json: Option<&str>, file: Option<&Path>, sha256: Option<&str>) -> Result<Plan, LoadError> {
     let text = match (file, json) {
         (Some(path), _) => std::fs::read_to_string(path)
             .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?,
         (None, Some(json)) => json.to_owned(),
         (None, None) => return Err(LoadError::Missing),
     };
+    if let Some(expected) = sha256 {
+        let found = Plan::json_sha256(&text);
+        if !found.eq_ignore_ascii_case(expected.trim()) {
+            return Err(LoadError::Changed { expected: expected.trim().to_owned(), found });
+        }
+    }
     Ok(Plan::from_json(&text)?)
 }
 
@@ -326,9 +338,22 @@ mod tests {
 
     #[test]
     fn a_missing_plan_says_how_to_give_one() {
-        let err = load_plan(None, None).unwrap_err().to_string();
-        assert!(err.contains("KEYHOLE_PLAN") && err.contains("--plan"), "{err}");
-        let err = load_plan(Some("{}"), None).unwrap_err().to_string();
+        let err = load_plan(None, None, None).unwrap_err().to_string();
+        assert!(err.contains("keyhole.dev/plan") && err.contains("--plan"), "{err}");
+        let err = load_plan(Some("{}"), None, None).unwrap_err().to_string();
         assert!(err.contains("not valid JSON of keyhole's plan"), "{err}");
+    }
+
+    #[test]
+    fn a_plan_changed_after_admission_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(names::PLAN_FILE);
+        std::fs::write(&file, "{}").unwrap();
+        let digest = Plan::json_sha256("{}");
+        let err = load_plan(None, Some(&file), Some(&digest)).unwrap_err().to_string();
+        assert!(err.contains("not valid JSON"), "the control (same digest) gets as far as parsing: {err}");
+        std::fs::write(&file, "{} ").unwrap();
+        let err = load_plan(None, Some(&file), Some(&digest)).unwrap_err().to_string();
+        assert!(err.contains("keyhole.dev/plan changed after admission"), "{err}");
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use keyhole_admin::LogFormat;
-use keyhole_contract::config::Config;
+use keyhole_admin::watched::{Change, WatchedFile};
+use keyhole_contract::config::{Config, ConfigError};
 use keyhole_contract::duration;
 
 use crate::controller::Settings;
@@ -51,6 +52,11 @@ pub struct Cli {
     /// Plain-HTTP listener for /metrics, /healthz and /readyz.
     #[arg(long, env = "KEYHOLE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// How often the config file is re-read. A changed, valid config stops
+    /// the controller cleanly (the lease released) for the kubelet to start it
+    /// again with it; a broken one is logged and the controller runs on.
+    #[arg(long, env = "KEYHOLE_CONFIG_RELOAD", default_value = "5s", value_parser = duration::parse_flag)]
+    pub config_reload: Duration,
 }
 
 impl Cli {
@@ -68,10 +74,14 @@ impl Cli {
             watch_namespace,
             token_dir,
             metrics_listen,
+            config_reload,
         } = self;
         keyhole_admin::init_logs(log_format, "info");
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let config = Config::load(&config)?;
+        let seen = std::fs::read(&config)
+            .map_err(|source| ConfigError::Read { path: config.display().to_string(), source })?;
+        let config_file = WatchedFile::new(config.clone(), seen.clone());
+        let config = Config::parse(&String::from_utf8_lossy(&seen)).map_err(|e| e.at(&config.display().to_string()))?;
         let identity = identity
             .or_else(|| std::env::var("HOSTNAME").ok())
             .filter(|s| !s.is_empty())
@@ -82,8 +92,38 @@ impl Cli {
             lease: LeaseConfig { name: lease_name, namespace: lease_namespace, identity, duration: lease_duration },
             token_dir,
         };
-        runtime()?.block_on(crate::run(config, metrics_listen, keyhole_admin::shutdown_signal()))?;
+        let stop = async move {
+            tokio::select! {
+                () = keyhole_admin::shutdown_signal() => {}
+                () = config_changed(config_file, config_reload.max(Duration::from_secs(1))) => {}
+            }
+        };
+        runtime()?.block_on(crate::run(config, metrics_listen, stop))?;
         Ok(())
+    }
+}
+
+/// Resolves when the config file holds a new config that loads. The
+/// controller's stores reach its backends, watches and look-ups, so it stops
+/// and starts again rather than swap them under a poll.
+async fn config_changed(mut file: WatchedFile, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let path = file.path.display().to_string();
+        let error = match file.look() {
+            Change::Unchanged => continue,
+            Change::Changed(bytes) => match Config::parse(&String::from_utf8_lossy(bytes)) {
+                Ok(_) => {
+                    tracing::info!(config = %path, "the config changed: stopping, to start again with it");
+                    return;
+                }
+                Err(e) => e.at(&path),
+            },
+            Change::Unreadable(source) => ConfigError::Read { path, source },
+        };
+        tracing::warn!(error = %error, "the changed config does not load; still running with the last good one");
     }
 }
 
@@ -93,30 +133,47 @@ pub struct RollArgs {
     /// `<kind>/<name>`: deployment/web, statefulset/db, daemonset/agent.
     #[arg(value_parser = parse_target)]
     pub target: (Kind, String),
-    #[arg(short, long, env = "KEYHOLE_NAMESPACE", default_value = "default")]
-    pub namespace: String,
+    /// The workload's namespace; default: the current kubeconfig context's (in a
+    /// pod: the pod's), else `default`, as kubectl.
+    #[arg(short, long, env = "KEYHOLE_NAMESPACE")]
+    pub namespace: Option<String>,
     /// The operator's config (the stores).
     #[arg(long, env = "KEYHOLE_CONFIG")]
     pub config: PathBuf,
     /// Directory of the projected service-account tokens, one file per store audience.
     #[arg(long, env = "KEYHOLE_TOKEN_DIR", default_value = DEFAULT_TOKEN_DIR)]
     pub token_dir: PathBuf,
+    /// Then follow the rollout until it is done, as `kubectl rollout status`;
+    /// exit non-zero when it fails or times out.
+    #[arg(long, env = "KEYHOLE_ROLL_WAIT")]
+    pub wait: bool,
+    /// How long `--wait` waits for the rollout.
+    #[arg(long, env = "KEYHOLE_ROLL_TIMEOUT", default_value = "5m", value_parser = duration::parse_flag)]
+    pub timeout: Duration,
 }
 
 impl RollArgs {
     pub fn main(self) -> Result<()> {
-        let Self { target: (kind, name), namespace, config, token_dir } = self;
+        let Self { target: (kind, name), namespace, config, token_dir, wait, timeout } = self;
         keyhole_admin::init_logs(LogFormat::Text, "warn");
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = Config::load(&config)?;
-        let rolled = runtime()?.block_on(crate::roll(&config.stores, token_dir, kind, &namespace, &name))?;
-        println!(
-            "{}/{name} in {namespace}: rolling out (keyhole.dev/versions={}; versions {})",
-            kind.as_str().to_ascii_lowercase(),
-            rolled.digest,
-            rolled.versions.as_deref().unwrap_or("kept")
-        );
-        Ok(())
+        runtime()?.block_on(async {
+            let client = kube::Client::try_default().await.map_err(crate::RotationError::Client)?;
+            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+            let rolled = crate::roll(&client, &config.stores, token_dir, kind, &namespace, &name).await?;
+            let target = format!("{}/{name} in {namespace}", kind.as_str().to_ascii_lowercase());
+            println!(
+                "{target}: rolling out (keyhole.dev/versions={}; versions {})",
+                rolled.digest,
+                rolled.versions.as_deref().unwrap_or("kept")
+            );
+            if wait {
+                crate::rollout::wait(&client, kind, &namespace, &name, timeout, |text| println!("{target}: {text}"))
+                    .await?;
+            }
+            Ok(())
+        })
     }
 }
 

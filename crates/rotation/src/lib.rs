@@ -17,6 +17,7 @@ pub mod health;
 pub mod lease;
 pub mod metrics;
 pub mod refs;
+pub mod rollout;
 pub mod schedule;
 pub mod state;
 pub mod workload;
@@ -166,14 +167,14 @@ pub struct Rolled {
 /// runs where they are) so the controller does not roll the workload again for
 /// a change this rollout already brought; without them it keeps the recorded ones.
 pub async fn roll(
+    client: &kube::Client,
     stores: &Stores,
     token_dir: PathBuf,
     kind: Kind,
     namespace: &str,
     name: &str,
 ) -> Result<Rolled, RotationError> {
-    let client = kube::Client::try_default().await.map_err(RotationError::Client)?;
-    let api = workload::api(&client, kind, namespace);
+    let api = workload::api(client, kind, namespace);
     let obj = api.get(name).await.map_err(|source| RotationError::Get {
         kind,
         namespace: namespace.into(),
@@ -234,13 +235,14 @@ pub async fn roll(
             ..Default::default()
         },
     };
-    workload::patch(&client, &candidate, &body).await.map_err(|source| RotationError::Patch {
+    workload::patch(client, &candidate, &body).await.map_err(|source| RotationError::Patch {
         kind,
         namespace: namespace.into(),
         name: name.into(),
         source,
     })?;
-    let recorder = Recorder::new(client, Reporter { controller: CONTROLLER.into(), instance: Some("roll".into()) });
+    let recorder =
+        Recorder::new(client.clone(), Reporter { controller: CONTROLLER.into(), instance: Some("roll".into()) });
     let note = format!("rolled out on request (keyhole roll); set {VERSIONS}={digest}");
     workload::event(&recorder, &candidate, workload::REASON_TRIGGERED, note).await;
     Ok(Rolled { digest, versions: looked_up.as_ref().map(state::encode) })

@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 use crate::tls::CertStore;
-use crate::{App, Config, Limits};
+use crate::{App, Limits};
+use keyhole_contract::config::ConfigError;
 use keyhole_contract::duration;
 
 /// keyhole's admission webhook: POST /mutate for pods, POST /validate for workloads.
@@ -46,6 +47,10 @@ pub struct Cli {
     /// How often the certificate files are re-read.
     #[arg(long, env = "KEYHOLE_CERT_RELOAD_SECONDS", default_value_t = 5)]
     pub cert_reload_seconds: u64,
+    /// How often the config file is re-read; a changed, valid one replaces the
+    /// config in use, a broken one is reported and the last good one stays.
+    #[arg(long, env = "KEYHOLE_CONFIG_RELOAD", default_value = "5s", value_parser = duration::parse_flag)]
+    pub config_reload: Duration,
 }
 
 impl Cli {
@@ -61,10 +66,14 @@ impl Cli {
             shutdown_grace,
             request_timeout,
             cert_reload_seconds,
+            config_reload,
         } = self;
         keyhole_admin::init_logs(log_format, "info");
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let config = Config::load(&config)?;
+        let config_path = config;
+        let seen = std::fs::read(&config_path)
+            .map_err(|source| ConfigError::Read { path: config_path.display().to_string(), source })?;
+        let config = crate::reload::load(&config_path, &seen)?;
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         rt.block_on(async move {
             let metrics = Arc::new(Metrics::default());
@@ -78,6 +87,7 @@ impl Cli {
             tracing::info!(%listen, metrics = ?metrics_listen, stores = config.stores.stores.len(), "keyhole-webhook serving");
             let limits = Limits { shutdown_grace, request_timeout, ..Limits::default() };
             let app = App::with_limits(config, metrics, limits);
+            crate::reload::spawn(app.clone(), config_path, seen, config_reload.max(Duration::from_secs(1)));
             crate::serve(listener, metrics_listener, app, certs, keyhole_admin::shutdown_signal()).await?;
             tracing::info!("stopped");
             Ok(())

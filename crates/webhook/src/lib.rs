@@ -9,14 +9,15 @@
 pub mod cli;
 pub mod metrics;
 pub mod mutate;
+pub mod reload;
 pub mod review;
 pub mod slim;
 pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -85,7 +86,8 @@ impl Default for Limits {
 }
 
 pub struct App {
-    pub config: Config,
+    /// Swapped whole by [`reload`]; a review works on the one it took.
+    config: RwLock<Arc<Config>>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     ready: AtomicBool,
@@ -104,7 +106,7 @@ impl App {
 
     pub fn with_limits(config: Config, metrics: Arc<Metrics>, limits: Limits) -> Arc<App> {
         Arc::new(App {
-            config,
+            config: RwLock::new(Arc::new(config)),
             metrics,
             ready: AtomicBool::new(true),
             accept_ended: AtomicBool::new(false),
@@ -114,6 +116,16 @@ impl App {
             limits,
         })
     }
+    /// The config in use now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    /// Replaces the config for the reviews that start from now on.
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().expect("config lock") = Arc::new(config);
+    }
+
     /// Waits until `bytes` more may be held in flight; released on drop.
     pub(crate) async fn in_flight(&self, bytes: usize) -> tokio::sync::SemaphorePermit<'_> {
         let total = self.limits.max_in_flight_bytes.div_ceil(1024).max(1);

@@ -1,5 +1,5 @@
 //! Prometheus metrics (prefix `keyhole_webhook`): reviews by endpoint, kind and
-//! outcome; review latency; certificate expiry and reload failures. Beside
+//! outcome; review latency; certificate expiry and reload failures; config reloads. Beside
 //! them, at the registry's root, what every keyhole server exposes
 //! ([`keyhole_admin::metrics`]: build info, process).
 
@@ -37,6 +37,9 @@ pub struct Metrics {
     pub latency: Family<EndpointLabels, Histogram>,
     pub cert_expiry: Gauge<i64, AtomicI64>,
     pub cert_reload_failures: Counter,
+    pub config_reload_failures: Counter,
+    pub config_last_reload_successful: Gauge<i64, AtomicI64>,
+    pub config_last_reload_success: Gauge<i64, AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -60,7 +63,34 @@ impl Default for Metrics {
             "Certificate files that changed but could not be loaded (the last good one stays)",
             cert_reload_failures.clone(),
         );
-        Metrics { registry: root, reviews, latency, cert_expiry, cert_reload_failures }
+        let config_reload_failures = Counter::default();
+        registry.register(
+            "config_reload_failures",
+            "Config files that changed but could not be loaded (the last good config stays)",
+            config_reload_failures.clone(),
+        );
+        let config_last_reload_successful = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the config file's current content is the config in use, 0 when it did not load",
+            config_last_reload_successful.clone(),
+        );
+        let config_last_reload_success = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the config in use was loaded, as a Unix time",
+            config_last_reload_success.clone(),
+        );
+        Metrics {
+            registry: root,
+            reviews,
+            latency,
+            cert_expiry,
+            cert_reload_failures,
+            config_reload_failures,
+            config_last_reload_successful,
+            config_last_reload_success,
+        }
     }
 }
 

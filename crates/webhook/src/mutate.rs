@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapProjection, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, KeyToPath,
-    ObjectFieldSelector, ProjectedVolumeSource, SeccompProfile, SecretEnvSource, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    Capabilities, ConfigMapProjection, Container, DownwardAPIProjection, DownwardAPIVolumeFile, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector, ProjectedVolumeSource, SeccompProfile,
+    SecretEnvSource, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use keyhole_contract::annotations::{self, InjectSpec, Problem, Problems};
@@ -26,7 +26,8 @@ use crate::slim::{ContainerView, PodView, SpecView};
 /// Where the injector binary lives in keyhole's image.
 pub const INJECTOR_COMMAND: &str = "/usr/local/bin/keyhole-injector";
 /// Volume names keyhole adds; a pod may neither define nor mount them itself.
-pub const RESERVED_VOLUMES: [&str; 3] = [names::SECRETS_VOLUME, names::TOKEN_VOLUME, names::API_TOKEN_VOLUME];
+pub const RESERVED_VOLUMES: [&str; 4] =
+    [names::SECRETS_VOLUME, names::TOKEN_VOLUME, names::API_TOKEN_VOLUME, names::PLAN_VOLUME];
 
 /// What the webhook does with one pod.
 #[derive(Debug)]
@@ -298,8 +299,12 @@ fn build_patch(
 ) -> Patch {
     let mut ops = Vec::new();
     add(&mut ops, &["metadata", "annotations", annotations::STATUS], Value::from(annotations::STATUS_INJECTED));
+    // The plan rides in an annotation (shortened by `kubectl describe`), read
+    // through a downward-API file; its digest in the env makes it tamper-evident.
+    let plan_json = plan.to_json();
+    add(&mut ops, &["metadata", "annotations", names::PLAN_ANNOTATION], Value::from(plan_json.as_str()));
 
-    let mut volumes = vec![token_volume(names::TOKEN_VOLUME, Some(plan.store.audience()))];
+    let mut volumes = vec![token_volume(names::TOKEN_VOLUME, Some(plan.store.audience())), plan_volume()];
     if spec.output.files() {
         volumes.insert(
             0,
@@ -360,7 +365,7 @@ fn build_patch(
         }
     }
 
-    let injector = to_value(&injector_container(spec, plan, identity, config));
+    let injector = to_value(&injector_container(spec, plan, &plan_json, identity, config));
     if pod.init_containers.is_none() {
         add(&mut ops, &["spec", "initContainers"], Value::Array(vec![injector]));
     } else {
@@ -369,7 +374,13 @@ fn build_patch(
     Patch(ops)
 }
 
-fn injector_container(spec: &InjectSpec, plan: &Plan, identity: &Identity, config: &Config) -> Container {
+fn injector_container(
+    spec: &InjectSpec,
+    plan: &Plan,
+    plan_json: &str,
+    identity: &Identity,
+    config: &Config,
+) -> Container {
     let field = |path: &str| EnvVarSource {
         field_ref: Some(ObjectFieldSelector { field_path: path.into(), api_version: None }),
         ..Default::default()
@@ -388,6 +399,12 @@ fn injector_container(spec: &InjectSpec, plan: &Plan, identity: &Identity, confi
         read_only: Some(true),
         ..Default::default()
     });
+    mounts.push(VolumeMount {
+        name: names::PLAN_VOLUME.into(),
+        mount_path: names::PLAN_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
     if spec.output.secret() {
         mounts.push(VolumeMount {
             name: names::API_TOKEN_VOLUME.into(),
@@ -403,7 +420,16 @@ fn injector_container(spec: &InjectSpec, plan: &Plan, identity: &Identity, confi
         command: Some(vec![INJECTOR_COMMAND.into()]),
         env: Some(
             vec![
-                EnvVar { name: names::PLAN_ENV.into(), value: Some(plan.to_json()), value_from: None },
+                EnvVar {
+                    name: names::PLAN_FILE_ENV.into(),
+                    value: Some(format!("{}/{}", names::PLAN_DIR, names::PLAN_FILE)),
+                    value_from: None,
+                },
+                EnvVar {
+                    name: names::PLAN_SHA256_ENV.into(),
+                    value: Some(Plan::json_sha256(plan_json)),
+                    value_from: None,
+                },
                 EnvVar { name: names::POD_NAME_ENV.into(), value: None, value_from: Some(field("metadata.name")) },
                 EnvVar {
                     name: names::POD_NAMESPACE_ENV.into(),
@@ -434,6 +460,30 @@ fn injector_container(spec: &InjectSpec, plan: &Plan, identity: &Identity, confi
             ..Default::default()
         }),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+/// The plan annotation as a file, for the injector only.
+fn plan_volume() -> Volume {
+    Volume {
+        name: names::PLAN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                downward_api: Some(DownwardAPIProjection {
+                    items: Some(vec![DownwardAPIVolumeFile {
+                        path: names::PLAN_FILE.into(),
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: format!("metadata.annotations['{}']", names::PLAN_ANNOTATION),
+                            api_version: None,
+                        }),
+                        ..Default::default()
+                    }]),
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -246,7 +246,7 @@ fn review_pod(app: &App, req: SlimRequest) -> Response {
         who.log("invalid", &message(why.clone()));
         return respond(deny(&uid, message(format!("keyhole: {pod_id}: {why}"))));
     }
-    match mutate(&pod, &app.config) {
+    match mutate(&pod, &app.config()) {
         Ok(Mutation::Skip(why)) => {
             count(app, "mutate", who.kind, "skipped");
             who.log("skipped", &why);
@@ -335,7 +335,7 @@ fn review_workload(app: &App, req: SlimRequest<WorkloadView>) -> Response {
         who.log("invalid", &message(why.clone()));
         return respond(deny(&uid, message(format!("keyhole: {id}: pod template: {why}"))));
     }
-    match mutate(&pod, &app.config) {
+    match mutate(&pod, &app.config()) {
         Ok(_) => {
             count(app, "validate", &kind, "allowed");
             who.log("allowed", &"");

@@ -1,33 +1,40 @@
-//! The serving certificate is reloaded the way a kubelet updates a mounted Secret:
-//! a new timestamped directory and an atomic rename of the `..data` symlink. New
-//! handshakes get the new certificate, open connections keep working, and broken
-//! new files keep the last good certificate and are counted.
+//! The serving certificate and the config are reloaded the way a kubelet
+//! updates a mounted Secret or ConfigMap: a new timestamped directory and an
+//! atomic rename of the `..data` symlink. New handshakes get the new
+//! certificate, open connections keep working, new reviews get the new config,
+//! and broken new files keep the last good certificate or config and are counted.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keyhole_webhook::metrics::Metrics;
+use keyhole_webhook::reload::{Outcome, Watch};
 use keyhole_webhook::tls::CertStore;
 use keyhole_webhook::{App, Config, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
-use common::{ca, handshake, leaf};
+use common::{ca, handshake, leaf, review, send};
 
 /// Writes `..<ts>/tls.{crt,key}` and points `..data` at it by an atomic rename,
 /// as the kubelet's AtomicWriter does.
 fn kubelet_write(dir: &Path, ts: &str, cert: &str, key: &str) {
+    kubelet_write_files(dir, ts, &[("tls.crt", cert), ("tls.key", key)]);
+}
+
+fn kubelet_write_files(dir: &Path, ts: &str, files: &[(&str, &str)]) {
     let data = dir.join(format!("..{ts}"));
     std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("tls.crt"), cert).unwrap();
-    std::fs::write(data.join("tls.key"), key).unwrap();
+    for (name, content) in files {
+        std::fs::write(data.join(name), content).unwrap();
+    }
     let tmp = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(format!("..{ts}"), &tmp).unwrap();
     std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    for f in ["tls.crt", "tls.key"] {
+    for (f, _) in files {
         if std::fs::symlink_metadata(dir.join(f)).is_err() {
             std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).unwrap();
         }
@@ -107,4 +114,74 @@ fn a_broken_pair_at_start_is_an_error_not_a_panic() {
     std::fs::write(dir.path().join("k"), "junk").unwrap();
     let err = CertStore::load(&dir.path().join("c"), &dir.path().join("k"), Arc::new(Metrics::default())).unwrap_err();
     assert!(err.to_string().contains("no PEM certificate"), "{err}");
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// Whether the app admits a pod that asks for `store`, and its message if not.
+async fn admits(app: &Arc<App>, store: &str) -> (bool, String) {
+    let pod = serde_json::json!({
+        "metadata": {"name": "p", "namespace": "shop", "annotations": {
+            "keyhole.dev/inject": "true", "keyhole.dev/store": store, "keyhole.dev/secret-pw": "secret/shop/db#pw"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1", "securityContext": {"runAsUser": 1000}}]}
+    });
+    let (_, body) = send(app, "/mutate", serde_json::to_vec(&review(&pod, "u1")).unwrap()).await;
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let message = answer["response"]["status"]["message"].as_str().unwrap_or_default().to_owned();
+    (answer["response"]["allowed"] == true, message)
+}
+
+const STORE_A: &str = "  a: {kind: vault, address: \"https://a:8200\", auth: {method: kubernetes}, defaultRole: app}\n";
+const STORE_B: &str = "  b: {kind: vault, address: \"https://b:8200\", auth: {method: kubernetes}, defaultRole: app}\n";
+
+/// A ConfigMap edit takes effect without a restart; a broken one is refused
+/// once (log and metrics), the last good config keeps serving, and a fixed
+/// one is taken again.
+#[tokio::test]
+async fn a_changed_config_is_taken_and_a_broken_one_keeps_the_last_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = format!("injector: {{image: x}}\nstores:\n{STORE_A}");
+    kubelet_write_files(dir.path(), "2026_12_03_01", &[("config.yaml", &first)]);
+    let path = dir.path().join("config.yaml");
+    let metrics = Arc::new(Metrics::default());
+    let seen = std::fs::read(&path).unwrap();
+    let app = App::new(keyhole_webhook::reload::load(&path, &seen).unwrap(), metrics.clone());
+    let mut watch = Watch::new(path, seen);
+    assert_eq!(watch.once(&app), Outcome::Unchanged);
+    assert!(admits(&app, "a").await.0);
+    let (allowed, message) = admits(&app, "b").await;
+    assert!(!allowed && message.contains("unknown store \"b\""), "the control: b is not there yet: {message}");
+
+    let second = format!("{first}{STORE_B}");
+    kubelet_write_files(dir.path(), "2026_12_03_02", &[("config.yaml", &second)]);
+    assert_eq!(watch.once(&app), Outcome::Reloaded);
+    assert!(admits(&app, "b").await.0, "the new store is not in use");
+    assert_eq!(metric(&metrics.encode(), "keyhole_webhook_config_last_reload_successful"), 1.0);
+
+    // Broken: YAML that parses but names a default store that does not exist.
+    let broken = format!("{second}defaultStore: nowhere\n");
+    kubelet_write_files(dir.path(), "2026_12_03_03", &[("config.yaml", &broken)]);
+    assert_eq!(watch.once(&app), Outcome::Refused);
+    assert_eq!(watch.once(&app), Outcome::Unchanged, "one broken file is reported once");
+    let text = metrics.encode();
+    assert_eq!(metric(&text, "keyhole_webhook_config_reload_failures_total"), 1.0);
+    assert_eq!(metric(&text, "keyhole_webhook_config_last_reload_successful"), 0.0);
+    assert!(admits(&app, "b").await.0, "the last good config stopped serving");
+    let (allowed, message) = admits(&app, "a").await;
+    assert!(allowed, "the last good config changed: {message}");
+    kubelet_write_files(dir.path(), "2026_12_03_04", &[("config.yaml", "not: [yaml")]);
+    assert_eq!(watch.once(&app), Outcome::Refused);
+    assert!(admits(&app, "b").await.0);
+
+    kubelet_write_files(dir.path(), "2026_12_03_05", &[("config.yaml", &first)]);
+    assert_eq!(watch.once(&app), Outcome::Reloaded);
+    assert!(!admits(&app, "b").await.0, "the fixed config (without b) is not in use");
+    let text = metrics.encode();
+    assert_eq!(metric(&text, "keyhole_webhook_config_last_reload_successful"), 1.0);
+    assert_eq!(metric(&text, "keyhole_webhook_config_reload_failures_total"), 2.0);
 }

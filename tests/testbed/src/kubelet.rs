@@ -128,7 +128,9 @@ pub async fn run_init_container(bed: &Bed, pod: &Pod, opts: &InitOpts) -> Result
             let dir = host.path().join(format!("volume-{}", volume.name));
             std::fs::create_dir(&dir)?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-            tokens.extend(project_tokens(bed, ns, sa, (name, uid), volume, &dir, run_uid, run_gid).await?);
+            let annotations = meta.annotations.clone().unwrap_or_default();
+            tokens
+                .extend(project_tokens(bed, ns, sa, (name, uid), &annotations, volume, &dir, run_uid, run_gid).await?);
             dir
         } else {
             bail!("volume {} is neither an emptyDir nor a projected token: not supported here", volume.name);
@@ -193,6 +195,7 @@ async fn project_tokens(
     ns: &str,
     sa: &str,
     pod: (&str, &str),
+    annotations: &BTreeMap<String, String>,
     volume: &Volume,
     dir: &Path,
     uid: u32,
@@ -208,11 +211,14 @@ async fn project_tokens(
             for item in downward.items.iter().flatten() {
                 let field =
                     item.field_ref.as_ref().with_context(|| format!("downwardAPI {}: only fieldRef", item.path))?;
-                let value = match field.field_path.as_str() {
-                    "metadata.name" => pod.0,
-                    "metadata.namespace" => ns,
-                    "metadata.uid" => pod.1,
-                    other => bail!("downwardAPI fieldRef {other} is not supported here"),
+                let path = field.field_path.as_str();
+                let annotation = path.strip_prefix("metadata.annotations['").and_then(|k| k.strip_suffix("']"));
+                let value = match (path, annotation) {
+                    (_, Some(key)) => annotations.get(key).map(String::as_str).unwrap_or_default(),
+                    ("metadata.name", _) => pod.0,
+                    ("metadata.namespace", _) => ns,
+                    ("metadata.uid", _) => pod.1,
+                    (other, _) => bail!("downwardAPI fieldRef {other} is not supported here"),
                 };
                 write_projected(&dir.join(&item.path), value.as_bytes(), 0o644, uid, gid)?;
             }

@@ -309,7 +309,25 @@ fn monitoring_objects_render_when_enabled_and_only_then() {
     ])
     .expect("template");
     let rule = find(&objs, "PrometheusRule", "keyhole");
-    assert!(!rule["spec"]["groups"].as_array().expect("groups").is_empty());
+    let alerts = |rule: &Value| -> Vec<String> {
+        rule["spec"]["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .filter_map(|r| r["alert"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let file: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("charts/keyhole/files/alerts.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(rule["spec"], file, "the PrometheusRule is files/alerts.yaml, which promtool tests");
+    assert!(alerts(rule).iter().any(|a| a == "KeyholeRotationLeaderMissing"), "the control: {:?}", alerts(rule));
+    // Without the rotation controller its leader is missing for good: no alert on it.
+    let without = template(&["metrics.prometheusRule.enabled=true", "rotation.enabled=false"]).expect("template");
+    let left = alerts(find(&without, "PrometheusRule", "keyhole"));
+    assert!(!left.iter().any(|a| a.starts_with("KeyholeRotation")), "{left:?}");
+    assert!(left.iter().any(|a| a == "KeyholeWebhookErrors"), "{left:?}");
     let pm = find(&objs, "PodMonitor", "keyhole");
     assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
     let dash = find(&objs, "ConfigMap", "keyhole-dashboard");

@@ -23,7 +23,7 @@ use keyhole_testbed::proxy::Proxy;
 use keyhole_testbed::{Bed, create_service_account, e2e_tests};
 use keyhole_webhook::mutate::{Mutation, mutate};
 use keyhole_webhook::slim::PodView;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -37,6 +37,7 @@ fn main() {
         vault_unreachable_fails_with_connection_refused_and_leaves_nothing,
         ssm_unreachable_fails_with_connection_refused_and_leaves_nothing,
         wrong_vault_role_is_refused,
+        a_plan_edited_after_admission_is_refused_before_any_backend_call,
         missing_parameters_are_named_in_one_error,
         token_for_the_wrong_audience_is_refused,
         ssm_throttling_is_retried_with_backoff,
@@ -383,6 +384,51 @@ async fn wrong_vault_role_is_refused(bed: &Bed) -> Result<()> {
             out.termination_log
         );
     }
+    Ok(())
+}
+
+/// Annotations can be edited after admission, the injector's env cannot: a
+/// plan annotation pointed at another server (here a counting proxy in front
+/// of OpenBao) is refused by its digest before any request, and nothing is
+/// written. Control: the same pod unedited goes through the proxy and succeeds.
+async fn a_plan_edited_after_admission_is_refused_before_any_backend_call(bed: &Bed) -> Result<()> {
+    let ns = vault_namespace(bed, "inj-plan").await?;
+    let pw = secret("plan-pw");
+    bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"password": pw}}))).await?;
+    let proxy = Proxy::start(&bed.vault_addr).await?;
+    let a = ann(&[
+        ("keyhole.dev/store", "vault"),
+        ("keyhole.dev/role", &ns),
+        ("keyhole.dev/secret-pw", &format!("secret/{ns}/db#password")),
+    ]);
+    let stores = stores(bed, json!({}))?;
+    let api: Api<Pod> = Api::namespaced(bed.client.clone(), &ns);
+    let redirect = |pod: &Pod| -> Result<String> {
+        let plan = pod.metadata.annotations.as_ref().and_then(|a| a.get(names::PLAN_ANNOTATION)).context("no plan")?;
+        let mut plan: Value = serde_json::from_str(plan)?;
+        plan["store"]["address"] = json!(proxy.url);
+        Ok(serde_json::to_string(&plan)?)
+    };
+
+    // Control: the plan as the webhook wrote it, pointed at the proxy at admission.
+    let mut honest = stores.clone();
+    if let Some(keyhole_contract::Store::Vault(v)) = honest.stores.get_mut("vault") {
+        v.address = proxy.url.clone();
+    }
+    let pod = injected_pod(bed, &ns, &a, &honest).await?;
+    let out = run(bed, &pod, &[]).await?;
+    ensure!(out.success(), "the control failed:\n{}", out.describe());
+    check_file(&out, "pw", &pw, 0o400)?;
+    ensure!(proxy.count() > 0, "the control did not go through the proxy");
+
+    let before = proxy.count();
+    let pod = injected_pod(bed, &ns, &a, &stores).await?;
+    let name = pod.metadata.name.clone().context("name")?;
+    let edited = json!({"metadata": {"annotations": {names::PLAN_ANNOTATION: redirect(&pod)?}}});
+    let pod = api.patch(&name, &PatchParams::default(), &Patch::Merge(&edited)).await?;
+    let out = run(bed, &pod, &[]).await?;
+    check_failed_cleanly(&out, &["keyhole.dev/plan changed after admission", "delete the pod"])?;
+    ensure!(proxy.count() == before, "the edited plan reached the server it names");
     Ok(())
 }
 

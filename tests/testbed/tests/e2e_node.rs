@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use keyhole_contract::names;
 use keyhole_testbed::app::{AdmissionLoad, deploy, field, phase, reports, rollout, sha256, terminated};
 use keyhole_testbed::leaks::{self, secret};
 use keyhole_testbed::proc::wait_until;
@@ -32,6 +33,7 @@ fn main() {
         rotation_max_rollouts_holds_when_five_workloads_share_the_changed_value,
         webhook_down_opted_in_pods_are_refused_others_run,
         webhook_certificate_rotated_in_its_secret_no_admission_fails,
+        the_config_edited_in_its_configmap_is_taken_without_a_restart_and_a_broken_one_is_not,
         bench_pod_create_to_ready,
         a_killed_bed_leaves_no_process_mount_cgroup_or_directory,
         // Last: stops OpenBao and moto for good.
@@ -135,6 +137,21 @@ echo "fs=$fs mode=$(stat -L -c %a $d/db_password) owner=$(stat -L -c %u $d/db_pa
     let ini = format!("[db]\npassword = {pw}");
     let want = format!("fs=tmpfs mode=400 owner=1000 uid=1000 pw={} ini={}", sha256(&pw), sha256(&ini));
     ensure!(msg.trim() == want, "the app saw\n  {}\nnot\n  {want}", msg.trim());
+
+    // The plan reached the injector through its annotation, and `kubectl
+    // describe pod` shows it as one shortened line, not in the env.
+    let plan = p.metadata.annotations.as_ref().and_then(|a| a.get(names::PLAN_ANNOTATION)).context("no plan")?;
+    ensure!(plan.len() > 200, "the control: the plan ({} bytes) is longer than describe shows", plan.len());
+    let describe = bed.kubectl(&["-n", &ns, "describe", "pod", "files"]).await?;
+    leaks::scan("kubectl describe pod", &describe)?;
+    let spec = describe.split("\nEvents:").next().unwrap_or_default();
+    let long: Vec<&str> = spec.lines().filter(|l| l.len() > 200).collect();
+    ensure!(long.is_empty(), "kubectl describe pod has long lines:\n{}", long.join("\n"));
+    let digest = keyhole_contract::Plan::json_sha256(plan);
+    let shortened = spec.lines().any(|l| l.trim().starts_with("{\"version\":") && l.ends_with("..."));
+    ensure!(spec.contains("keyhole.dev/plan:") && shortened, "no shortened plan annotation in:\n{describe}");
+    ensure!(describe.contains(&digest), "the injector's env does not bind the plan:\n{describe}");
+    ensure!(!describe.contains("\"items\""), "the plan's items show in describe:\n{describe}");
     Ok(())
 }
 
@@ -453,6 +470,119 @@ async fn webhook_certificate_rotated_in_its_secret_no_admission_fails(bed: &Bed)
     let ok = ok?;
     eprintln!("    {ok} admissions during the certificate swap, none failed");
     Ok(())
+}
+
+/// Whether a dry-run pod naming `store` is admitted, else the refusal.
+async fn admitted_with_store(bed: &Bed, ns: &str, store: &str) -> Result<std::result::Result<(), String>> {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"generateName": "cfg-", "annotations": {"keyhole.dev/inject": "true", "keyhole.dev/store": store,
+            "keyhole.dev/role": "r", "keyhole.dev/secret-x": format!("secret/{ns}/x#y")}},
+        "spec": {"containers": [{"name": "app", "image": image::APP_IMAGE}]}
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
+    Ok(match pods.create(&PostParams { dry_run: true, ..Default::default() }, &pod).await {
+        Ok(p) if p.spec.as_ref().is_some_and(|s| s.init_containers.is_some()) => Ok(()),
+        Ok(_) => Err("admitted without the injector".into()),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+/// The kustomize install has no checksum roll: the webhook re-reads its
+/// mounted ConfigMap, the rotation controller restarts itself on a changed one.
+/// An edit (a new store) is taken by both webhook replicas without a restart,
+/// and each rotation controller restarts once; a broken edit is refused by all
+/// (logged), admission goes on with the last good config, and nothing
+/// restarts. The original is put back at the end.
+async fn the_config_edited_in_its_configmap_is_taken_without_a_restart_and_a_broken_one_is_not(
+    bed: &Bed,
+) -> Result<()> {
+    let ns = bed.namespace("node-config").await?;
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(bed.client.clone(), install::NAMESPACE);
+    let original = maps.get("keyhole-config").await?;
+    let text = original.data.as_ref().and_then(|d| d.get("config.yaml")).context("no config.yaml")?.clone();
+    let sys: Api<Pod> = Api::namespaced(bed.client.clone(), install::NAMESPACE);
+    let pods_of = |component: &'static str| {
+        let sys = sys.clone();
+        async move {
+            let list =
+                sys.list(&ListParams::default().labels(&format!("app.kubernetes.io/component={component}"))).await?;
+            anyhow::Ok(list.items)
+        }
+    };
+    let restarts = |component: &'static str| async move {
+        let pods = pods_of(component).await?;
+        let count = |p: &Pod| {
+            p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()).map(|c| c.restart_count).sum::<i32>()
+        };
+        anyhow::Ok(pods.iter().map(|p| (p.metadata.uid.clone().unwrap_or_default(), count(p))).collect::<Vec<_>>())
+    };
+    let logs_say = |component: &'static str, needle: &'static str| async move {
+        for p in pods_of(component).await.unwrap_or_default() {
+            let name = p.metadata.name.unwrap_or_default();
+            let logs = bed.kubectl(&["-n", install::NAMESPACE, "logs", &name]).await.unwrap_or_default();
+            if !logs.contains(needle) {
+                return false;
+            }
+        }
+        true
+    };
+    let webhooks_before = restarts("webhook").await?;
+    let rotation_before = restarts("rotation").await?;
+    ensure!(webhooks_before.len() == 2 && rotation_before.len() == 2, "{webhooks_before:?} {rotation_before:?}");
+    let refused = admitted_with_store(bed, &ns, "vault-new").await?;
+    ensure!(
+        refused.as_ref().is_err_and(|e| e.contains("unknown store \"vault-new\"")),
+        "the control: vault-new is not configured yet: {refused:?}"
+    );
+    let put = |yaml: String| {
+        let maps = maps.clone();
+        async move {
+            let patch = json!({"data": {"config.yaml": yaml}});
+            maps.patch("keyhole-config", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            anyhow::Ok(())
+        }
+    };
+
+    let result = async {
+        let mut config: serde_yaml::Value = serde_yaml::from_str(&text)?;
+        let vault = config["stores"]["vault"].clone();
+        config["stores"]["vault-new"] = vault;
+        let with_new = serde_yaml::to_string(&config)?;
+        put(with_new.clone()).await?;
+        let t0 = std::time::Instant::now();
+        wait_until("both webhook pods to log the reload", ROLLOUT, || logs_say("webhook", "config reloaded")).await?;
+        for _ in 0..10 {
+            // Both replicas answer behind the Service: ten in a row are admitted.
+            admitted_with_store(bed, &ns, "vault-new").await?.map_err(|e| anyhow::anyhow!("after the reload: {e}"))?;
+        }
+        eprintln!("    the webhook took the new store {:.1?} after the ConfigMap edit", t0.elapsed());
+        let restarted_once: Vec<_> = rotation_before.iter().map(|(uid, n)| (uid.clone(), n + 1)).collect();
+        wait_until("each rotation controller to restart once", ROLLOUT, || async {
+            restarts("rotation").await.is_ok_and(|now| now == restarted_once)
+        })
+        .await?;
+        bed.kubectl(&["-n", install::NAMESPACE, "rollout", "status", "deployment/keyhole-rotation", "--timeout=60s"])
+            .await?;
+        eprintln!("    the rotation controllers restarted with it {:.1?} after the edit", t0.elapsed());
+
+        put(format!("{with_new}defaultStore: nowhere\n")).await?;
+        let refusal = "the changed config does not load; still";
+        wait_until("every keyhole pod to refuse the broken config", ROLLOUT, || async {
+            logs_say("webhook", refusal).await && logs_say("rotation", refusal).await
+        })
+        .await?;
+        for _ in 0..10 {
+            admitted_with_store(bed, &ns, "vault-new")
+                .await?
+                .map_err(|e| anyhow::anyhow!("after the broken edit: {e}"))?;
+        }
+        ensure!(restarts("webhook").await? == webhooks_before, "a webhook pod restarted or was replaced");
+        ensure!(restarts("rotation").await? == restarted_once, "a rotation controller restarted on the broken config");
+        anyhow::Ok(())
+    }
+    .await;
+    put(text).await?;
+    result
 }
 
 /// A second bed with a node, a pod running on it, then SIGKILL: the kernel and

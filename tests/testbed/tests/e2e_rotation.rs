@@ -6,6 +6,7 @@
 //! and Lease. Every controller log is scanned for every secret value.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -22,7 +23,7 @@ use keyhole_testbed::proxy::Proxy;
 use keyhole_testbed::rotation::{self, Controller, Opts};
 use keyhole_testbed::webhook::{Webhook, config_yaml, config_yaml_at};
 use keyhole_testbed::{Bed, create_service_account, e2e_tests, workspace_bin};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
@@ -36,6 +37,7 @@ fn main() {
         controller_restart_rolls_nothing,
         only_the_lease_holder_patches,
         manual_roll_rolls_now,
+        roll_takes_the_contexts_namespace_and_waits_for_the_rollout,
         a_failing_workload_at_the_reference_cap_holds_no_one_back,
         references_outside_the_namespaces_grants_are_never_looked_up,
         vault_tokens_are_revoked_after_use,
@@ -189,19 +191,17 @@ async fn wait_replica_sets(bed: &Bed, ns: &str, name: &str, n: usize, timeout: D
     Ok(t0.elapsed())
 }
 
+/// The `keyhole.dev/versions` of a ReplicaSet's pod template.
+fn rs_versions(rs: &ReplicaSet) -> Option<&str> {
+    rs.spec.template.as_ref()?.metadata.as_ref()?.annotations.as_ref()?.get("keyhole.dev/versions").map(String::as_str)
+}
+
 /// The pod of the ReplicaSet whose template carries `versions`, read back from the API.
 async fn pod_of_revision(bed: &Bed, ns: &str, name: &str, versions: &str) -> Result<Pod> {
     let rs = replica_sets(bed, ns, name)
         .await?
         .into_iter()
-        .find(|rs| {
-            rs.spec
-                .template
-                .as_ref()
-                .and_then(|t| t.metadata.as_ref()?.annotations.as_ref()?.get("keyhole.dev/versions"))
-                .map(String::as_str)
-                == Some(versions)
-        })
+        .find(|rs| rs_versions(rs) == Some(versions))
         .context("no ReplicaSet carries the new versions")?;
     let hash = rs.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).cloned().context("hash")?;
     let api: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
@@ -498,6 +498,92 @@ async fn only_the_lease_holder_patches(bed: &Bed) -> Result<()> {
     finish(&[&standby])
 }
 
+/// `keyhole roll` as it runs where the controller's tokens are: the
+/// controller's config and its STS token, in a temp dir.
+struct Roller {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    tokens: PathBuf,
+}
+
+impl Roller {
+    async fn new(bed: &Bed, env: &Env) -> Result<Roller> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, &env.opts(bed, "roll").config_yaml)?;
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir_all(&tokens)?;
+        let t = bed.token(&env.ns, rotation::SA, &["sts.amazonaws.com"], 3600, None).await?;
+        leaks::remember(t.clone());
+        std::fs::write(tokens.join("sts.amazonaws.com"), t)?;
+        Ok(Roller { dir, config, tokens })
+    }
+
+    /// `keyhole roll <args>` with `kubeconfig`: whether it succeeded, and what
+    /// it printed (checked for secret values).
+    async fn run(&self, kubeconfig: &Path, args: &[&str]) -> Result<(bool, String)> {
+        let out = tokio::process::Command::new(workspace_bin("keyhole")?)
+            .arg("roll")
+            .args(args)
+            .arg(format!("--config={}", self.config.display()))
+            .arg(format!("--token-dir={}", self.tokens.display()))
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("KEYHOLE_NAMESPACE")
+            .env("NO_COLOR", "1")
+            .output()
+            .await?;
+        let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        leaks::scan("the roll command's output", &printed)?;
+        Ok((out.status.success(), printed))
+    }
+
+    /// A copy of the bed's kubeconfig whose current context has namespace `ns`.
+    async fn kubeconfig_in(&self, bed: &Bed, ns: &str) -> Result<PathBuf> {
+        let path = self.dir.path().join("context.kubeconfig");
+        std::fs::copy(&bed.kubeconfig, &path)?;
+        let out = tokio::process::Command::new(&bed.parts.kubectl)
+            .args(["config", "set-context", "--current", &format!("--namespace={ns}")])
+            .arg(format!("--kubeconfig={}", path.display()))
+            .output()
+            .await?;
+        ensure!(out.status.success(), "kubectl config set-context: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(path)
+    }
+}
+
+/// Plays the kubelet's readiness reports, as this bed has no node: each pod of
+/// `ns` is marked Ready on the next pass (one a second), so rollouts complete
+/// and take a few seconds. Stops when dropped.
+struct Readiness(tokio::task::JoinHandle<()>);
+
+impl Drop for Readiness {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn mark_pods_ready(bed: &Bed, ns: &str) -> Readiness {
+    let api: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
+    Readiness(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Ok(pods) = api.list(&ListParams::default()).await else { continue };
+            for pod in pods.items {
+                let ready = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                let (Some(name), false) = (pod.metadata.name.as_deref(), ready) else { continue };
+                let now = k8s_openapi::jiff::Timestamp::now().to_string();
+                let status = json!({"status": {"phase": "Running", "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": now}]}});
+                let _ = api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await;
+            }
+        }
+    }))
+}
+
 async fn manual_roll_rolls_now(bed: &Bed) -> Result<()> {
     let env = env(bed, "rot-manual").await?;
     let ns = &env.ns;
@@ -507,26 +593,9 @@ async fn manual_roll_rolls_now(bed: &Bed) -> Result<()> {
     create(bed, ns, &deployment("web", ssm_annotations(ns, &param))?).await?;
     wait_replica_sets(bed, ns, "web", 1, Duration::from_secs(30)).await?;
     // No controller runs: the trigger alone rolls, with the controller's credentials.
-    let ctrl_opts = env.opts(bed, "roll");
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("config.yaml");
-    std::fs::write(&config, &ctrl_opts.config_yaml)?;
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir_all(&tokens)?;
-    let t = bed.token(ns, rotation::SA, &["sts.amazonaws.com"], 3600, None).await?;
-    leaks::remember(t.clone());
-    std::fs::write(tokens.join("sts.amazonaws.com"), t)?;
-    let out = tokio::process::Command::new(workspace_bin("keyhole")?)
-        .args(["roll", "deployment/web", "-n", ns])
-        .arg(format!("--config={}", config.display()))
-        .arg(format!("--token-dir={}", tokens.display()))
-        .env("KUBECONFIG", &bed.kubeconfig)
-        .env("NO_COLOR", "1")
-        .output()
-        .await?;
-    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    leaks::scan("the roll command's output", &printed)?;
-    ensure!(out.status.success(), "keyhole roll failed:\n{printed}");
+    let roller = Roller::new(bed, &env).await?;
+    let (ok, printed) = roller.run(&bed.kubeconfig, &["deployment/web", "-n", ns]).await?;
+    ensure!(ok, "keyhole roll failed:\n{printed}");
     ensure!(printed.contains("deployment/web in"), "{printed}");
     wait_replica_sets(bed, ns, "web", 2, SLACK).await?;
     let d = get(bed, ns, "web").await?;
@@ -544,16 +613,82 @@ async fn manual_roll_rolls_now(bed: &Bed) -> Result<()> {
     .await?;
     ensure!(replica_sets(bed, ns, "web").await?.len() == 2, "the controller rolled again after the trigger");
     // A second trigger rolls again even though no version moved.
-    let again = tokio::process::Command::new(workspace_bin("keyhole")?)
-        .args(["roll", "deploy/web", "-n", ns])
-        .arg(format!("--config={}", config.display()))
-        .arg(format!("--token-dir={}", tokens.display()))
-        .env("KUBECONFIG", &bed.kubeconfig)
-        .output()
-        .await?;
-    ensure!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let (ok, printed) = roller.run(&bed.kubeconfig, &["deploy/web", "-n", ns]).await?;
+    ensure!(ok, "{printed}");
     wait_replica_sets(bed, ns, "web", 3, SLACK).await?;
     finish(&[&ctrl])
+}
+
+/// Without `-n`, `keyhole roll` takes the namespace of the kubeconfig's current
+/// context (control: the bed's own context has none, so `default`, where there
+/// is no `web`); `--wait` returns once the rollout is complete, and fails
+/// naming the workload when it does not complete within `--timeout`.
+async fn roll_takes_the_contexts_namespace_and_waits_for_the_rollout(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-wait").await?;
+    let ns = &env.ns;
+    let param = format!("/{ns}/db");
+    bed.put_ssm(&param, &secret("w1")).await?;
+    let mut d = deployment("web", ssm_annotations(ns, &param))?;
+    d.spec.replicas = Some(2);
+    create(bed, ns, &d).await?;
+    let readiness = mark_pods_ready(bed, ns);
+    let complete = |d: &Deployment| {
+        let s = d.status.clone().unwrap_or_default();
+        let want = d.spec.replicas.unwrap_or(1);
+        s.observed_generation >= d.metadata.generation
+            && s.replicas == Some(want)
+            && s.updated_replicas == Some(want)
+            && s.available_replicas == Some(want)
+    };
+    wait_until("the first rollout", Duration::from_secs(60), || async {
+        get(bed, ns, "web").await.is_ok_and(|d| complete(&d))
+    })
+    .await?;
+    let roller = Roller::new(bed, &env).await?;
+
+    // Control: the bed's context names no namespace.
+    let (ok, printed) = roller.run(&bed.kubeconfig, &["deployment/web", "--wait"]).await?;
+    ensure!(!ok, "keyhole roll found a web in namespace default:\n{printed}");
+    ensure!(
+        printed.contains("Deployment/web in namespace default") && printed.contains("\"web\" not found"),
+        "{printed}"
+    );
+
+    let kubeconfig = roller.kubeconfig_in(bed, ns).await?;
+    let (ok, printed) = roller.run(&kubeconfig, &["deployment/web", "--wait", "--timeout=2m"]).await?;
+    let d = get(bed, ns, "web").await?;
+    ensure!(ok, "keyhole roll --wait failed:\n{printed}");
+    let target = format!("deployment/web in {ns}: ");
+    let lines: Vec<&str> = printed.lines().filter_map(|l| l.strip_prefix(&target)).collect();
+    ensure!(lines.first().is_some_and(|l| l.starts_with("rolling out")), "{printed}");
+    ensure!(lines.last() == Some(&"successfully rolled out"), "{printed}");
+    ensure!(lines.len() >= 3, "no progress reported:\n{printed}");
+    // Complete the moment it returned, on the new ReplicaSet.
+    ensure!(complete(&d), "keyhole roll --wait returned before the rollout completed: {:?}", d.status);
+    let versions = template_versions(&d).context("no keyhole.dev/versions")?;
+    let rss = replica_sets(bed, ns, "web").await?;
+    ensure!(rss.len() == 2, "{} ReplicaSets after one roll", rss.len());
+    for rs in &rss {
+        let s = rs.status.clone().unwrap_or_default();
+        let (replicas, available) = (s.replicas, s.available_replicas.unwrap_or(0));
+        match rs_versions(rs) == Some(versions.as_str()) {
+            true => ensure!(
+                replicas == 2 && available == 2,
+                "the new ReplicaSet: {replicas} replicas, {available} available"
+            ),
+            false => ensure!(replicas == 0, "the old ReplicaSet still has {replicas} replicas"),
+        }
+    }
+
+    // Nothing marks the new pods Ready any more: the rollout cannot complete in time.
+    drop(readiness);
+    let (ok, printed) = roller.run(&kubeconfig, &["deployment/web", "--wait", "--timeout=1s"]).await?;
+    ensure!(!ok, "keyhole roll --wait returned while the new pods are not Ready:\n{printed}");
+    ensure!(
+        printed.contains(&format!("Deployment/web in namespace {ns} did not finish rolling out within 1s")),
+        "{printed}"
+    );
+    Ok(())
 }
 
 /// One workload at the cap of 100 references, every one missing, polled every
