@@ -376,3 +376,34 @@ fn the_make_certs_overlay_gives_every_webhook_the_ca() {
         }
     }
 }
+
+/// Every `values.yaml` of docs/quickstart.md, rendered by the real Helm: its
+/// `null` stores are gone from keyhole-config (Helm merges them over the
+/// chart's examples), the others are there, and the config loads as keyhole
+/// loads it.
+#[test]
+fn the_quickstarts_values_render_a_config_with_the_stores_they_name() {
+    let page = std::fs::read_to_string(repo_root().join("docs/quickstart.md")).unwrap();
+    let blocks: Vec<&str> = page
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.starts_with("config:"))
+        .collect();
+    assert!(blocks.len() >= 3, "the quickstart's values blocks: {}", blocks.len());
+    let dir = tempfile::tempdir().unwrap();
+    for (i, block) in blocks.iter().enumerate() {
+        let values: Value = serde_yaml::from_str(block).unwrap_or_else(|e| panic!("block {i}: {e}"));
+        let stores = values["config"]["stores"].as_object().expect("stores");
+        let wanted: Vec<&str> = stores.iter().filter(|(_, v)| !v.is_null()).map(|(k, _)| k.as_str()).collect();
+        assert!(stores.values().any(Value::is_null), "block {i} drops no example store: the control is gone");
+        let file = dir.path().join(format!("values-{i}.yaml"));
+        std::fs::write(&file, block).unwrap();
+        let args = ["template", "keyhole", "charts/keyhole", "-n", "keyhole-system", "-f", file.to_str().unwrap()];
+        let objs = docs(&helm(&args).unwrap_or_else(|e| panic!("block {i}: {e}")));
+        let text = find(&objs, "ConfigMap", "keyhole-config")["data"]["config.yaml"].as_str().unwrap().to_owned();
+        let config = keyhole_contract::config::Config::parse(&text).unwrap_or_else(|e| panic!("block {i}: {e}"));
+        let got: Vec<&str> = config.stores.stores.keys().map(String::as_str).collect();
+        assert_eq!(got, wanted, "block {i}:\n{block}");
+    }
+}
