@@ -58,6 +58,17 @@ pub enum Error {
     #[error("{annotations}: {store}: no such parameter, version or label: {names}")]
     ParametersNotFound { annotations: Joined, store: StoreRef, names: Joined },
 
+    #[error("{annotations}: {store}: reading secrets {ids} failed: {reason}")]
+    GetSecrets { annotations: Joined, store: StoreRef, ids: Joined, reason: String },
+
+    #[error("{annotations}: {store}: no such secret or version: {ids}")]
+    SecretsNotFound { annotations: Joined, store: StoreRef, ids: Joined },
+
+    #[error(
+        "{annotation}: {store}: secret {id} holds binary data that is not UTF-8 text; keyhole writes text values only"
+    )]
+    BinarySecret { annotation: String, store: StoreRef, id: String },
+
     #[error("{annotation}: {store}: cannot find the mount of {path}: {reason}")]
     VaultMount { annotation: String, store: StoreRef, path: String, reason: String },
 

@@ -1,7 +1,7 @@
 //! keyhole-backends: what the injector and the rotation controller both need of
 //! the secret managers. An AWS session by web identity (AssumeRoleWithWebIdentity
 //! with the pod's projected token, on any cluster), SSM value fetches and version
-//! look-ups, Vault/OpenBao logins (kubernetes or jwt auth), KV reads and KV v2
+//! look-ups, Secrets Manager fetches in batches, Vault/OpenBao logins (kubernetes or jwt auth), KV reads and KV v2
 //! metadata, and the one retry policy every call goes through.
 //!
 //! Values live in `SecretString` from arrival; no error or log line carries one,
@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod retry;
+pub mod secretsmanager;
 pub mod ssm;
 pub mod value;
 pub mod vault;

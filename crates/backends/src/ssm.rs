@@ -96,9 +96,11 @@ fn ssm_refs(items: &[PlanItem]) -> Result<Vec<(&PlanItem, &SsmRef)>, Error> {
         .iter()
         .map(|item| match &item.reference {
             Reference::AwsSsm(r) => Ok((item, r)),
-            Reference::Vault(_) => {
-                Err(Error::WrongKind { annotation: item.annotation(), reference: "vault", store: "aws-ssm" })
-            }
+            other => Err(Error::WrongKind {
+                annotation: item.annotation(),
+                reference: other.kind().as_str(),
+                store: "aws-ssm",
+            }),
         })
         .collect()
 }
@@ -113,7 +115,7 @@ pub fn http_client() -> SharedHttpClient {
 
 /// The store's endpoint, else `AWS_ENDPOINT_URL_<SERVICE>`, else `AWS_ENDPOINT_URL`,
 /// else the SDK's default for the region.
-fn endpoint(configured: Option<&str>, service: &str) -> Option<String> {
+pub(crate) fn endpoint(configured: Option<&str>, service: &str) -> Option<String> {
     configured
         .map(str::to_owned)
         .or_else(|| std::env::var(format!("AWS_ENDPOINT_URL_{service}")).ok())
@@ -122,7 +124,7 @@ fn endpoint(configured: Option<&str>, service: &str) -> Option<String> {
 }
 
 /// Each attempt at most 10 s; each operation, retries included, ends at the deadline.
-fn timeouts(deadline: tokio::time::Instant) -> aws_sdk_ssm::config::timeout::TimeoutConfig {
+pub(crate) fn timeouts(deadline: tokio::time::Instant) -> aws_sdk_ssm::config::timeout::TimeoutConfig {
     let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
     aws_sdk_ssm::config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
@@ -136,7 +138,7 @@ fn timeouts(deadline: tokio::time::Instant) -> aws_sdk_ssm::config::timeout::Tim
 /// pods backs off together. Five attempts (at most ~0.8 s of backoff) end with
 /// the last attempt's reason ("connection refused") well inside any deadline;
 /// the operation timeout stops it at the deadline all the same.
-fn retries() -> aws_sdk_ssm::config::retry::RetryConfig {
+pub(crate) fn retries() -> aws_sdk_ssm::config::retry::RetryConfig {
     aws_sdk_ssm::config::retry::RetryConfig::standard()
         .with_max_attempts(5)
         .with_initial_backoff(Duration::from_millis(50))
@@ -146,7 +148,10 @@ fn retries() -> aws_sdk_ssm::config::retry::RetryConfig {
 /// SSM's "no such parameter, version or label". GetParameters' model declares
 /// none of them (only GetParameter's does), so they arrive unmodelled and are
 /// told apart by the code in the error's metadata.
-const NOT_FOUND_CODES: &[&str] = &["ParameterNotFound", "ParameterVersionNotFound", "ParameterVersionLabelNotFound"];
+/// Secrets Manager's is `ResourceNotFoundException` (a secret, or the version
+/// asked for).
+const NOT_FOUND_CODES: &[&str] =
+    &["ParameterNotFound", "ParameterVersionNotFound", "ParameterVersionLabelNotFound", "ResourceNotFoundException"];
 /// Credentials AWS no longer takes (expired or unknown session keys): a new
 /// session helps, unlike for [`DENIED_CODES`], where the role's policy refuses.
 const SESSION_CODES: &[&str] =

@@ -212,9 +212,11 @@ fn vault_refs(items: &[PlanItem]) -> Result<Vec<(&PlanItem, &VaultRef)>, Error> 
         .iter()
         .map(|item| match &item.reference {
             Reference::Vault(r) => Ok((item, r)),
-            Reference::AwsSsm(_) => {
-                Err(Error::WrongKind { annotation: item.annotation(), reference: "aws-ssm", store: "vault" })
-            }
+            other => Err(Error::WrongKind {
+                annotation: item.annotation(),
+                reference: other.kind().as_str(),
+                store: "vault",
+            }),
         })
         .collect()
 }

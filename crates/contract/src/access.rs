@@ -48,11 +48,13 @@ fn covers(granted: &str, path: &str) -> bool {
     if granted.ends_with('/') { path.starts_with(granted) } else { path == granted }
 }
 
-/// The path a reference reads, as grants name it: the Vault path, the SSM name.
+/// The path a reference reads, as grants name it: the Vault path, the SSM name,
+/// the Secrets Manager name or ARN as written.
 pub fn path_of(reference: &Reference) -> &str {
     match reference {
         Reference::AwsSsm(r) => &r.name,
         Reference::Vault(r) => &r.path,
+        Reference::AwsSecretsManager(r) => &r.id,
     }
 }
 

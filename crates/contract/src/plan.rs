@@ -116,7 +116,7 @@ pub fn build(spec: &InjectSpec, stores: &Stores, pod: &PodFacts) -> Result<Plan,
         Some(r) => r.to_owned(),
         None => {
             let example = match store.kind() {
-                crate::StoreKind::AwsSsm => "arn:aws:iam::<account>:role/<name>",
+                crate::StoreKind::AwsSsm | crate::StoreKind::AwsSecretsManager => "arn:aws:iam::<account>:role/<name>",
                 crate::StoreKind::Vault => "the auth role bound to this service account",
             };
             problems.push(Problem::new(

@@ -4,6 +4,8 @@
 //!   `/prod/db/password:stable` (label), and `#key` for one field of a JSON value.
 //! - vault: `secret/app/db#password`, `secret/app/db?version=3#password`; no
 //!   `#field` gives the whole secret as a JSON object.
+//! - aws-secretsmanager: a secret's name or ARN, `?version-stage=AWSPREVIOUS` or
+//!   `?version-id=<id>` to pin one version, `#key` for one field of a JSON secret.
 
 use std::fmt;
 
@@ -42,6 +44,20 @@ pub enum ReferenceError {
     EmptyField,
     #[error("field {0:?} has a second '#'")]
     SecondHash(String),
+    #[error("empty secret name: {SM_EXAMPLE}")]
+    EmptySecret,
+    #[error("secret name longer than 2048 characters")]
+    SecretTooLong,
+    #[error(
+        "secret name {name:?} has {bad:?}, which Secrets Manager does not allow (letters, digits, / _ + = . @ - only): {SM_EXAMPLE}"
+    )]
+    SecretCharacter { name: String, bad: char },
+    #[error(
+        "{0:?} is not a Secrets Manager secret ARN (arn:<partition>:secretsmanager:<region>:<account>:secret:<name>)"
+    )]
+    SecretArn(String),
+    #[error("unknown query {0:?}: {SM_EXAMPLE}")]
+    SecretQuery(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -49,6 +65,8 @@ pub enum ReferenceError {
 pub enum Reference {
     AwsSsm(SsmRef),
     Vault(VaultRef),
+    #[serde(rename = "aws-secretsmanager")]
+    AwsSecretsManager(SecretRef),
 }
 
 impl Reference {
@@ -57,6 +75,16 @@ impl Reference {
         match kind {
             StoreKind::AwsSsm => SsmRef::parse(raw).map(Reference::AwsSsm),
             StoreKind::Vault => VaultRef::parse(raw).map(Reference::Vault),
+            StoreKind::AwsSecretsManager => SecretRef::parse(raw).map(Reference::AwsSecretsManager),
+        }
+    }
+
+    /// The kind of store whose grammar the reference is in.
+    pub fn kind(&self) -> StoreKind {
+        match self {
+            Reference::AwsSsm(_) => StoreKind::AwsSsm,
+            Reference::Vault(_) => StoreKind::Vault,
+            Reference::AwsSecretsManager(_) => StoreKind::AwsSecretsManager,
         }
     }
 
@@ -65,6 +93,7 @@ impl Reference {
         match self {
             Reference::AwsSsm(r) => matches!(r.selector, Some(SsmSelector::Version(_))),
             Reference::Vault(r) => r.version.is_some(),
+            Reference::AwsSecretsManager(r) => r.version.is_pinned(),
         }
     }
 
@@ -73,6 +102,7 @@ impl Reference {
         match self {
             Reference::AwsSsm(r) => r.key.as_deref(),
             Reference::Vault(r) => r.field.as_deref(),
+            Reference::AwsSecretsManager(r) => r.key.as_deref(),
         }
     }
 }
@@ -82,6 +112,7 @@ impl fmt::Display for Reference {
         match self {
             Reference::AwsSsm(r) => r.fmt(f),
             Reference::Vault(r) => r.fmt(f),
+            Reference::AwsSecretsManager(r) => r.fmt(f),
         }
     }
 }
@@ -220,6 +251,111 @@ impl fmt::Display for VaultRef {
     }
 }
 
+/// A Secrets Manager secret: its name or ARN, which version, which JSON key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// The name, or the full ARN, as written.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "SecretVersion::is_current")]
+    pub version: SecretVersion,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Which version of a secret: the current one (`AWSCURRENT`), a staging label
+/// or a version id. Only the current one rolls.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SecretVersion {
+    #[default]
+    Current,
+    Stage(String),
+    Id(String),
+}
+
+/// The staging label of a secret's current version.
+pub const AWSCURRENT: &str = "AWSCURRENT";
+
+impl SecretVersion {
+    pub fn is_current(&self) -> bool {
+        matches!(self, SecretVersion::Current) || matches!(self, SecretVersion::Stage(s) if s == AWSCURRENT)
+    }
+    /// Every version but the current one is pinned: it never rolls.
+    pub fn is_pinned(&self) -> bool {
+        !self.is_current()
+    }
+}
+
+const SM_EXAMPLE: &str = "write a secret's name or ARN like prod/db, optionally with ?version-stage=AWSPREVIOUS or ?version-id=<id>, and #key (JSON field)";
+
+impl SecretRef {
+    pub fn parse(raw: &str) -> Result<Self, ReferenceError> {
+        let (rest, key) = split_field(raw)?;
+        let (id, version) = match rest.split_once('?') {
+            None => (rest, SecretVersion::Current),
+            Some((id, query)) => {
+                let version = match query.split_once('=') {
+                    Some(("version-stage", s)) if valid_stage(s) => SecretVersion::Stage(s.to_owned()),
+                    Some(("version-id", v)) if valid_version_id(v) => SecretVersion::Id(v.to_owned()),
+                    _ => return Err(ReferenceError::SecretQuery(query.to_owned())),
+                };
+                (id, version)
+            }
+        };
+        if id.is_empty() {
+            return Err(ReferenceError::EmptySecret);
+        }
+        if id.len() > 2048 {
+            return Err(ReferenceError::SecretTooLong);
+        }
+        let name = match id.strip_prefix("arn:") {
+            Some(_) => secret_arn_name(id).ok_or_else(|| ReferenceError::SecretArn(id.to_owned()))?,
+            None => id,
+        };
+        if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "/_+=.@-".contains(*c))) {
+            return Err(ReferenceError::SecretCharacter { name: name.to_owned(), bad });
+        }
+        Ok(SecretRef { id: id.to_owned(), version, key })
+    }
+}
+
+/// The name part of `arn:<partition>:secretsmanager:<region>:<account>:secret:<name>`.
+fn secret_arn_name(arn: &str) -> Option<&str> {
+    let parts: Vec<&str> = arn.splitn(7, ':').collect();
+    match parts.as_slice() {
+        ["arn", partition, "secretsmanager", region, account, "secret", name]
+            if !partition.is_empty() && !region.is_empty() && !account.is_empty() && !name.is_empty() =>
+        {
+            Some(name)
+        }
+        _ => None,
+    }
+}
+
+fn valid_stage(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 256 && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+}
+
+fn valid_version_id(v: &str) -> bool {
+    (32..=64).contains(&v.len()) && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.id)?;
+        match &self.version {
+            SecretVersion::Current => {}
+            SecretVersion::Stage(s) => write!(f, "?version-stage={s}")?,
+            SecretVersion::Id(v) => write!(f, "?version-id={v}")?,
+        }
+        if let Some(k) = &self.key {
+            write!(f, "#{k}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Splits `rest#field`; the field is a JSON key: non-empty, no further `#`.
 fn split_field(raw: &str) -> Result<(&str, Option<String>), ReferenceError> {
     let raw = raw.trim();
@@ -262,6 +398,41 @@ mod tests {
             ("", "empty parameter name"),
         ] {
             let err = SsmRef::parse(raw).unwrap_err();
+            assert!(err.to_string().contains(hint), "{raw}: {err}");
+        }
+    }
+
+    #[test]
+    fn secretsmanager_grammar_round_trips() {
+        let id = "a1b2c3d4-5678-90ab-cdef-EXAMPLE11111";
+        for raw in [
+            "prod/db",
+            "prod/db#password",
+            "prod/db?version-stage=AWSPREVIOUS#password",
+            &format!("prod/db?version-id={id}"),
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db-AbCdEf#user",
+        ] {
+            assert_eq!(Reference::parse(StoreKind::AwsSecretsManager, raw).unwrap().to_string(), raw);
+        }
+        let pinned = |raw: &str| Reference::parse(StoreKind::AwsSecretsManager, raw).unwrap().is_pinned();
+        assert!(!pinned("prod/db#k"));
+        assert!(!pinned("prod/db?version-stage=AWSCURRENT"), "AWSCURRENT is the current version");
+        assert!(pinned("prod/db?version-stage=AWSPREVIOUS"));
+        assert!(pinned(&format!("prod/db?version-id={id}")));
+    }
+
+    #[test]
+    fn secretsmanager_grammar_refuses_with_a_hint() {
+        for (raw, hint) in [
+            ("", "empty secret name"),
+            ("prod db", "does not allow"),
+            ("prod/db?version=3", "unknown query"),
+            ("prod/db?version-stage=", "unknown query"),
+            ("prod/db?version-id=short", "unknown query"),
+            ("arn:aws:ssm:eu-west-1:1:parameter/x", "not a Secrets Manager secret ARN"),
+            ("prod/db#", "empty field"),
+        ] {
+            let err = SecretRef::parse(raw).unwrap_err();
             assert!(err.to_string().contains(hint), "{raw}: {err}");
         }
     }

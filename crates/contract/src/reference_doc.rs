@@ -209,7 +209,7 @@ pub fn entries() -> Vec<Entry> {
             key: Key::Exact(a::ROLE),
             writer: Writer::User,
             summary: "The identity keyhole logs in to the store as, with the pod's own service-account token.".into(),
-            value: "aws-ssm: the ARN of an IAM role whose trust policy accepts this pod's service account (`arn:aws:iam::<account>:role/<name>`); vault: the name of a kubernetes or jwt auth role bound to this pod's service account.".into(),
+            value: "aws-ssm and aws-secretsmanager: the ARN of an IAM role whose trust policy accepts this pod's service account (`arn:aws:iam::<account>:role/<name>`); vault: the name of a kubernetes or jwt auth role bound to this pod's service account.".into(),
             default: "the store's `defaultRole`; with neither, the pod is refused".into(),
             applies_to: "every opted-in pod; all outputs".into(),
             limits: vec!["A store with `allow` may limit the roles a namespace may name (`allow[].roles`); the store's `defaultRole` is checked the same way.".into()],
@@ -226,15 +226,15 @@ pub fn entries() -> Vec<Entry> {
             key: Key::Family { prefix: a::SECRET_PREFIX, placeholder: "<name>" },
             writer: Writer::User,
             summary: "One value from the store. `<name>` is the file name, and the key in the Secret.".into(),
-            value: "a reference, in the grammar of the store's kind:\n  - aws-ssm: `<parameter>[:<version>|:<label>][#<key>]`: `/shop/db/password`, `/shop/db/password:3` (a version: pinned), `/shop/db/password:stable` (a label), `/shop/db#password` (one field of a JSON value). SecureString parameters are always decrypted.\n  - vault: `<mount>/<path>[?version=<n>][#<field>]`: `secret/shop/db#password` (one field); `secret/shop/db` (the whole secret, as a JSON object); `secret/shop/db?version=3#password` (a KV v2 version: pinned). The path is the logical one, without KV v2's `data/`; KV v1 and v2 are both read (the injector asks the server which one a path is on).".into(),
+            value: "a reference, in the grammar of the store's kind:\n  - aws-ssm: `<parameter>[:<version>|:<label>][#<key>]`: `/shop/db/password`, `/shop/db/password:3` (a version: pinned), `/shop/db/password:stable` (a label), `/shop/db#password` (one field of a JSON value). SecureString parameters are always decrypted.\n  - vault: `<mount>/<path>[?version=<n>][#<field>]`: `secret/shop/db#password` (one field); `secret/shop/db` (the whole secret, as a JSON object); `secret/shop/db?version=3#password` (a KV v2 version: pinned). The path is the logical one, without KV v2's `data/`; KV v1 and v2 are both read (the injector asks the server which one a path is on).\n  - aws-secretsmanager: `<name or ARN>[?version-stage=<label>|?version-id=<id>][#<key>]`: `shop/db#password` (one field of a JSON secret), `shop/db` (the whole secret string), `shop/db?version-stage=AWSPREVIOUS#password` (a staging label other than AWSCURRENT: pinned), `arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop/db-AbCdEf`. The current versions are read twenty a call (BatchGetSecretValue); binary secrets are written when they are UTF-8 text.".into(),
             default: "none".into(),
             applies_to: "every opted-in pod; all outputs".into(),
             limits: vec![
                 format!("At most {} per pod: keep related values in one JSON secret and pick fields with `#` (a field of one secret is one look-up).", a::MAX_REFERENCES),
                 "`<name>`: at most 200 characters: letters, digits, `-`, `_` and `.`, not starting with `.`.".into(),
                 format!("With output `{secret_out}` or `{both}`, `<name>` must also be an environment variable name: letters, digits and `_`, not starting with a digit (`DB_PASSWORD`, not `db-password`)."),
-                "A store with `allow` refuses paths (Vault) or parameter names (SSM) outside its grants for the namespace.".into(),
-                "Pinned references (a version) and SSM labels are never rotated; KV v1 keeps no versions, so its paths are not rotated either.".into(),
+                "A store with `allow` refuses paths (Vault), parameter names (SSM) or secret names and ARNs as written (Secrets Manager) outside its grants for the namespace.".into(),
+                "Pinned references (a version, a Secrets Manager staging label or version id) and SSM labels are never rotated; KV v1 keeps no versions, so its paths are not rotated either.".into(),
             ],
             examples: vec![
                 Example {
@@ -246,6 +246,14 @@ pub fn entries() -> Vec<Entry> {
                     caption: "aws-ssm",
                     store: Some(StoreKind::AwsSsm),
                     annotations: pairs(&[(&secret("api_key"), "/shop/api/key"), (&secret("db_user"), "/shop/db:3#user")]),
+                },
+                Example {
+                    caption: "aws-secretsmanager",
+                    store: Some(StoreKind::AwsSecretsManager),
+                    annotations: pairs(&[
+                        (&secret("db_password"), "shop/db#password"),
+                        (&secret("old_password"), "shop/db?version-stage=AWSPREVIOUS#password"),
+                    ]),
                 },
             ],
         },

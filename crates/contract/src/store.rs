@@ -89,6 +89,7 @@ pub enum StoreError {
 pub enum StoreKind {
     Vault,
     AwsSsm,
+    AwsSecretsManager,
 }
 
 impl StoreKind {
@@ -96,6 +97,7 @@ impl StoreKind {
         match self {
             StoreKind::Vault => "vault",
             StoreKind::AwsSsm => "aws-ssm",
+            StoreKind::AwsSecretsManager => "aws-secretsmanager",
         }
     }
 }
@@ -105,6 +107,9 @@ impl StoreKind {
 pub enum Store {
     Vault(VaultStore),
     AwsSsm(SsmStore),
+    /// The same fields as `aws-ssm`; `endpoint` is Secrets Manager's.
+    #[serde(rename = "aws-secretsmanager")]
+    AwsSecretsManager(SsmStore),
 }
 
 impl Store {
@@ -112,29 +117,28 @@ impl Store {
         match self {
             Store::Vault(_) => StoreKind::Vault,
             Store::AwsSsm(_) => StoreKind::AwsSsm,
+            Store::AwsSecretsManager(_) => StoreKind::AwsSecretsManager,
         }
     }
     pub fn audience(&self) -> &str {
         match self {
             Store::Vault(v) => &v.audience,
-            Store::AwsSsm(s) => &s.audience,
+            Store::AwsSsm(s) | Store::AwsSecretsManager(s) => &s.audience,
         }
     }
     pub fn default_role(&self) -> Option<&str> {
         match self {
             Store::Vault(v) => v.default_role.as_deref(),
-            Store::AwsSsm(s) => s.default_role.as_deref(),
+            Store::AwsSsm(s) | Store::AwsSecretsManager(s) => s.default_role.as_deref(),
         }
     }
     /// Which namespaces may use the store (`None`: all of them).
     pub fn allow(&self) -> Option<&[Grant]> {
         match self {
             Store::Vault(v) => v.allow.as_deref(),
-            Store::AwsSsm(s) => s.allow.as_deref(),
+            Store::AwsSsm(s) | Store::AwsSecretsManager(s) => s.allow.as_deref(),
         }
     }
-    /// The store as the injector needs it: without the tenancy rules, which
-    /// are the webhook's and the rotation controller's business.
     /// The store as the injector needs it: without the grants, the default
     /// role (the plan has the role) and the rotation controller's role, which
     /// are the operator's business and would show on every pod.
@@ -146,7 +150,7 @@ impl Store {
                 v.default_role = None;
                 v.rotation_role = None;
             }
-            Store::AwsSsm(s) => {
+            Store::AwsSsm(s) | Store::AwsSecretsManager(s) => {
                 s.allow = None;
                 s.default_role = None;
                 s.rotation_role = None;
@@ -158,7 +162,7 @@ impl Store {
     pub fn rotation_role(&self) -> Option<&str> {
         match self {
             Store::Vault(v) => v.rotation_role.as_deref(),
-            Store::AwsSsm(s) => s.rotation_role.as_deref(),
+            Store::AwsSsm(s) | Store::AwsSecretsManager(s) => s.rotation_role.as_deref(),
         }
     }
 }

@@ -196,6 +196,7 @@ fn with_context(example: &[(String, String)], kind: StoreKind) -> BTreeMap<Strin
         let reference = match kind {
             StoreKind::AwsSsm => "/shop/db/password",
             StoreKind::Vault => "secret/shop/db#password",
+            StoreKind::AwsSecretsManager => "shop/db#password",
         };
         a.insert(format!("{}DB_PASSWORD", annotations::SECRET_PREFIX), reference.into());
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use keyhole_backends::{Ctx, ssm, value, vault};
+use keyhole_backends::{Ctx, secretsmanager, ssm, value, vault};
 use keyhole_contract::annotations::{self, InjectSpec};
 use keyhole_contract::{Plan, Store, names};
 use secrecy::SecretString;
@@ -292,6 +292,7 @@ async fn fetch(
     let fetch = async {
         match &plan.store {
             Store::AwsSsm(s) => ssm::fetch(&ctx, s, &plan.items).await,
+            Store::AwsSecretsManager(s) => secretsmanager::fetch(&ctx, s, &plan.items).await,
             Store::Vault(v) => vault::fetch(&ctx, v, &plan.items).await,
         }
     };

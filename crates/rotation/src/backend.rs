@@ -17,13 +17,14 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use keyhole_backends::retry::{Class, Failure, retry};
 use keyhole_backends::vault::{Mount, Session};
-use keyhole_backends::{Ctx, StoreRef, TokenError, ssm, vault};
+use keyhole_backends::{Ctx, StoreRef, TokenError, secretsmanager, ssm, vault};
 use keyhole_contract::store::{SsmStore, VaultStore};
 use keyhole_contract::{Store, StoreKind, Stores};
 use tokio::sync::Mutex;
 
 use crate::metrics::{Outcome, RotationMetrics};
 use crate::schedule::chunks;
+use crate::state::Version;
 
 /// Names per DescribeParameters call.
 pub const SSM_NAMES_PER_CALL: usize = ssm::NAMES_PER_DESCRIBE;
@@ -46,9 +47,9 @@ pub const MISSING_TTL: Duration = Duration::from_secs(5 * 60);
 const MAX_SESSION_AGE: Duration = Duration::from_secs(45 * 60);
 
 /// What a look-up found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Found {
-    Version(u64),
+    Version(Version),
     /// KV v1 keeps no versions: such a reference never rolls.
     Unversioned,
 }
@@ -69,6 +70,12 @@ pub enum LookupError {
     Login(Arc<keyhole_backends::Error>),
     #[error("no such parameter: {0}")]
     NoParameter(String),
+    #[error("no such secret: {0}")]
+    NoSecret(String),
+    #[error("DescribeSecret of {id} failed: {reason}")]
+    DescribeSecret { id: String, reason: Failure },
+    #[error("secret {0} has no version labelled AWSCURRENT")]
+    NoCurrentSecretVersion(String),
     #[error("version {version} of {name} is not a version")]
     BadVersion { name: String, version: i64 },
     #[error("DescribeParameters failed: {0}")]
@@ -96,7 +103,8 @@ impl LookupError {
     /// session it still takes): asking again soon would get the same.
     fn settled(&self) -> bool {
         match self {
-            LookupError::NoParameter(_) => true,
+            LookupError::NoParameter(_) | LookupError::NoSecret(_) => true,
+            LookupError::DescribeSecret { reason, .. } => matches!(reason.class, Class::Denied),
             LookupError::Mount { reason, .. } | LookupError::Metadata { reason, .. } => {
                 matches!(reason.class, Class::NotFound | Class::Denied)
             }
@@ -122,6 +130,7 @@ impl LookupError {
     fn class(&self) -> Option<Class> {
         match self {
             LookupError::Describe(f)
+            | LookupError::DescribeSecret { reason: f, .. }
             | LookupError::Mount { reason: f, .. }
             | LookupError::Metadata { reason: f, .. } => Some(f.class),
             _ => None,
@@ -144,6 +153,7 @@ pub fn token_file(dir: &Path, audience: &str) -> PathBuf {
 
 enum Conn {
     Ssm(aws_sdk_ssm::Client),
+    SecretsManager(secretsmanager::Client),
     Vault { session: Arc<Session>, mounts: Vec<Mount> },
 }
 
@@ -234,6 +244,7 @@ impl Backends {
             .map(|(name, s)| {
                 let example = match s {
                     Store::AwsSsm(_) => "an IAM role ARN allowed ssm:DescribeParameters",
+                    Store::AwsSecretsManager(_) => "an IAM role ARN allowed secretsmanager:DescribeSecret",
                     Store::Vault(_) => "a Vault role whose policy reads <mount>/metadata/*",
                 };
                 (name.clone(), format!("no rotationRole: set stores.{name}.rotationRole to {example}"))
@@ -279,6 +290,7 @@ impl Backends {
         let round_end = tokio::time::Instant::now() + ROUND_DEADLINE;
         let round = match store {
             Store::AwsSsm(s) => self.ssm(name, s, &ctx, &ask, round_end).await,
+            Store::AwsSecretsManager(s) => self.secrets(name, s, &ctx, &ask, round_end).await,
             Store::Vault(v) => self.vault(name, v, &ctx, &ask, round_end).await,
         };
         if round.session_ok {
@@ -326,7 +338,7 @@ impl Backends {
         let deadline = tokio::time::Instant::now() + REVOKE_DEADLINE;
         let revokes = cached.iter().filter_map(|(name, c)| match &c.conn {
             Conn::Vault { session, .. } => Some(self.revoke(name, session, deadline)),
-            Conn::Ssm(_) => None,
+            Conn::Ssm(_) | Conn::SecretsManager(_) => None,
         });
         futures::future::join_all(revokes).await;
     }
@@ -409,7 +421,7 @@ impl Backends {
                     for n in names {
                         let answer = match found.get(&n) {
                             Some(&v) => u64::try_from(v)
-                                .map(Found::Version)
+                                .map(|v| Found::Version(v.into()))
                                 .map_err(|_| LookupError::BadVersion { name: n.clone(), version: v }),
                             None => Err(LookupError::NoParameter(n.clone())),
                         };
@@ -424,6 +436,67 @@ impl Backends {
             }
         }
         let session_ok = verdict(StoreKind::AwsSsm, &answers) == Verdict::Keep;
+        Round { answers, session_ok }
+    }
+
+    async fn secrets_client(
+        &self,
+        name: &str,
+        store: &SsmStore,
+        ctx: &Ctx,
+    ) -> Result<secretsmanager::Client, LookupError> {
+        let mut sessions = self.sessions.lock().await;
+        if let Some(Cached { conn: Conn::SecretsManager(c), until }) = sessions.get(name)
+            && Instant::now() < *until
+        {
+            return Ok(c.clone());
+        }
+        let client = secretsmanager::client(ctx, store).await;
+        self.metrics.request(name, "AssumeRoleWithWebIdentity", logged_in(&client));
+        let client = client.map_err(|e| LookupError::Login(Arc::new(e)))?;
+        let cached = Cached { conn: Conn::SecretsManager(client.clone()), until: Instant::now() + MAX_SESSION_AGE };
+        sessions.insert(name.to_owned(), cached);
+        Ok(client)
+    }
+
+    /// One DescribeSecret a secret (no batch call returns versions), at most
+    /// [`CONCURRENCY`] at once.
+    async fn secrets(
+        &self,
+        name: &str,
+        store: &SsmStore,
+        ctx: &Ctx,
+        refs: &BTreeSet<String>,
+        round_end: tokio::time::Instant,
+    ) -> Round {
+        let client = match self.secrets_client(name, store, ctx).await {
+            Ok(c) => c,
+            Err(e) => {
+                let answers = refs.iter().map(|r| (r.clone(), Err(e.clone()))).collect();
+                return Round { answers, session_ok: true };
+            }
+        };
+        let calls: Vec<BoxFuture<'_, (String, Answer)>> = refs
+            .iter()
+            .map(|id| {
+                let client = client.clone();
+                async move {
+                    let r = secretsmanager::current_version(&client, id, deadline(round_end)).await;
+                    self.metrics.request(name, "DescribeSecret", ended(&r));
+                    let answer = match r {
+                        Ok(Some(v)) => Ok(Found::Version(Version::Id(v))),
+                        Ok(None) => Err(LookupError::NoCurrentSecretVersion(id.clone())),
+                        Err(f) if f.class == Class::NotFound => Err(LookupError::NoSecret(id.clone())),
+                        Err(reason) => Err(LookupError::DescribeSecret { id: id.clone(), reason }),
+                    };
+                    (id.clone(), answer)
+                }
+                .boxed()
+            })
+            .collect();
+        let answers: BTreeMap<String, Answer> =
+            futures::stream::iter(calls).buffer_unordered(CONCURRENCY).collect::<Vec<_>>().await.into_iter().collect();
+        let session_ok = verdict(StoreKind::AwsSecretsManager, &answers) == Verdict::Keep;
         Round { answers, session_ok }
     }
 
@@ -579,7 +652,7 @@ impl Backends {
         })
         .await
         .map_err(|reason| LookupError::Metadata { path: path.to_owned(), reason })?;
-        version.map(Found::Version).ok_or_else(|| LookupError::NoCurrentVersion(path.to_owned()))
+        version.map(|v| Found::Version(v.into())).ok_or_else(|| LookupError::NoCurrentVersion(path.to_owned()))
     }
 }
 
@@ -620,13 +693,16 @@ mod tests {
         let round = |answers: Vec<Answer>| -> BTreeMap<String, Answer> {
             answers.into_iter().enumerate().map(|(i, a)| (format!("r{i}"), a)).collect()
         };
-        let missing =
-            round(vec![Ok(Found::Version(1)), failed(Class::NotFound), Err(LookupError::NoParameter("/p".into()))]);
+        let missing = round(vec![
+            Ok(Found::Version(1.into())),
+            failed(Class::NotFound),
+            Err(LookupError::NoParameter("/p".into())),
+        ]);
         assert_eq!(verdict(StoreKind::Vault, &missing), Verdict::Keep);
         assert_eq!(verdict(StoreKind::AwsSsm, &round(vec![failed(Class::Transient)])), Verdict::Keep);
         assert_eq!(verdict(StoreKind::AwsSsm, &round(vec![failed(Class::Denied)])), Verdict::Keep, "AccessDenied");
         assert_eq!(verdict(StoreKind::Vault, &round(vec![failed(Class::Denied)])), Verdict::Ask, "a 403");
-        let one_read = round(vec![Ok(Found::Version(2)), failed(Class::Denied)]);
+        let one_read = round(vec![Ok(Found::Version(2.into())), failed(Class::Denied)]);
         assert_eq!(verdict(StoreKind::Vault, &one_read), Verdict::Keep, "a token that just answered is alive");
         let expired = round(vec![failed(Class::Denied), failed(Class::Auth)]);
         assert_eq!(verdict(StoreKind::AwsSsm, &expired), Verdict::Drop);
@@ -660,7 +736,7 @@ mod tests {
                 Err(LookupError::Mount { path: "x".into(), reason: Failure::new(Class::Denied, "d") }),
             ),
             ("flaky".to_owned(), failed(Class::Transient)),
-            ("found".to_owned(), Ok(Found::Version(3))),
+            ("found".to_owned(), Ok(Found::Version(3.into()))),
         ]
         .into();
         b.remember("v", &answers);

@@ -336,7 +336,7 @@ impl Controller {
             for r in w.refs.keys() {
                 match answers.get(&w.store).and_then(|a| a.get(r)) {
                     Some(Ok(Found::Version(v))) => {
-                        current.insert(r.clone(), *v);
+                        current.insert(r.clone(), v.clone());
                     }
                     Some(Ok(Found::Unversioned)) => {}
                     Some(Err(e)) => failures.push((r, e.clone())),
@@ -469,7 +469,7 @@ pub async fn current_versions(backends: &Backends, w: &Watched) -> Result<Versio
     for r in w.refs.keys() {
         match answers.get(&w.store).and_then(|a| a.get(r)) {
             Some(Ok(Found::Version(v))) => {
-                out.insert(r.clone(), *v);
+                out.insert(r.clone(), v.clone());
             }
             Some(Ok(Found::Unversioned)) => {}
             Some(Err(e)) => return Err(e.clone()),

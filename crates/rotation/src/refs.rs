@@ -108,6 +108,13 @@ pub fn interest(template: &BTreeMap<String, String>, namespace: &str, stores: &S
                 }
                 r.path
             }
+            Reference::AwsSecretsManager(r) => {
+                if r.version.is_pinned() {
+                    fixed.push(Fixed { annotation, why: PINNED });
+                    continue;
+                }
+                r.id
+            }
         };
         refs.entry(identity).or_default().push(annotation);
     }

@@ -7,12 +7,37 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-/// Reference identity (SSM parameter name, Vault path) -> its current version.
-pub type Versions = BTreeMap<String, u64>;
+/// Reference identity (SSM parameter name, Vault path, secret name) -> its current version.
+pub type Versions = BTreeMap<String, Version>;
+
+/// A version as its backend counts it: SSM and Vault number them, Secrets
+/// Manager names them (a version id). A number is written as a JSON number,
+/// so the annotations of SSM and Vault workloads are what they always were.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Version {
+    Number(u64),
+    Id(String),
+}
+
+impl From<u64> for Version {
+    fn from(v: u64) -> Self {
+        Version::Number(v)
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Version::Number(n) => write!(f, "{n}"),
+            Version::Id(id) => f.write_str(id),
+        }
+    }
+}
 
 /// The annotation value: compact JSON with sorted keys.
 pub fn encode(v: &Versions) -> String {
-    serde_json::to_string(v).expect("a map of strings to numbers serializes")
+    serde_json::to_string(v).expect("a map of strings to numbers or strings serializes")
 }
 
 /// `None` when the annotation is missing or not keyhole's JSON (then it is
@@ -37,8 +62,8 @@ pub fn digest(v: &Versions, nonce: Option<&str>) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Move {
     pub reference: String,
-    pub from: u64,
-    pub to: u64,
+    pub from: Version,
+    pub to: Version,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,8 +81,8 @@ pub fn decide(observed: Option<&Versions>, current: &Versions) -> Decision {
     let Some(observed) = observed else { return Decision::Record };
     let moves: Vec<Move> = current
         .iter()
-        .filter_map(|(reference, &to)| match observed.get(reference) {
-            Some(&from) if from != to => Some(Move { reference: reference.clone(), from, to }),
+        .filter_map(|(reference, to)| match observed.get(reference) {
+            Some(from) if from != to => Some(Move { reference: reference.clone(), from: from.clone(), to: to.clone() }),
             _ => None,
         })
         .collect();
@@ -75,7 +100,7 @@ mod tests {
     use super::*;
 
     fn v(pairs: &[(&str, u64)]) -> Versions {
-        pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+        pairs.iter().map(|(k, n)| (k.to_string(), Version::Number(*n))).collect()
     }
 
     #[test]
@@ -85,7 +110,10 @@ mod tests {
         assert_eq!(decode(Some(&encode(&versions))), Some(versions));
         assert_eq!(decode(None), None);
         assert_eq!(decode(Some("not json")), None);
-        assert_eq!(decode(Some(r#"{"/a":"x"}"#)), None);
+        assert_eq!(decode(Some(r#"{"/a":true}"#)), None);
+        let ids: Versions = [("prod/db".to_owned(), Version::Id("a1b2".into())), ("/n".to_owned(), 3.into())].into();
+        assert_eq!(encode(&ids), r#"{"/n":3,"prod/db":"a1b2"}"#, "numbers stay numbers, ids are strings");
+        assert_eq!(decode(Some(&encode(&ids))), Some(ids));
     }
 
     #[test]
@@ -112,11 +140,11 @@ mod tests {
         let current = v(&[("/a", 4), ("/b", 1)]);
         assert_eq!(
             decide(Some(&observed), &current),
-            Decision::Roll(vec![Move { reference: "/a".into(), from: 3, to: 4 }])
+            Decision::Roll(vec![Move { reference: "/a".into(), from: 3.into(), to: 4.into() }])
         );
         // A secret deleted and created again starts over at 1: still a change.
         let reset = v(&[("/a", 1), ("/b", 1)]);
-        assert!(matches!(decide(Some(&observed), &reset), Decision::Roll(m) if m[0].to == 1));
+        assert!(matches!(decide(Some(&observed), &reset), Decision::Roll(m) if m[0].to == Version::Number(1)));
     }
 
     #[test]

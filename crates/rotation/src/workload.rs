@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn patches_touch_only_keyholes_annotations() {
-        let v: Versions = [("/a".to_owned(), 4)].into();
+        let v: Versions = [("/a".to_owned(), 4.into())].into();
         assert_eq!(
             record_patch(&v),
             json!({"metadata": {"annotations": {"keyhole.dev/observed-versions": "{\"/a\":4}"}}})
@@ -292,12 +292,13 @@ mod tests {
         let refs: BTreeMap<String, Vec<String>> =
             [("/app/db".to_owned(), vec!["keyhole.dev/secret-pw".to_owned(), "keyhole.dev/secret-user".to_owned()])]
                 .into();
-        let note = rotated_note(&[Move { reference: "/app/db".into(), from: 3, to: 4 }], &refs, "abc");
+        let note = rotated_note(&[Move { reference: "/app/db".into(), from: 3.into(), to: 4.into() }], &refs, "abc");
         assert_eq!(
             note,
             "keyhole.dev/secret-pw, keyhole.dev/secret-user (/app/db) moved from version 3 to 4; set keyhole.dev/versions=abc to roll out"
         );
-        let many: Vec<Move> = (0..100).map(|i| Move { reference: format!("/p/{i}"), from: 1, to: 2 }).collect();
+        let many: Vec<Move> =
+            (0..100).map(|i| Move { reference: format!("/p/{i}"), from: 1.into(), to: 2.into() }).collect();
         let long = rotated_note(&many, &refs, "abc");
         assert!(long.len() <= 1000 && long.ends_with("..."));
     }
@@ -307,7 +308,7 @@ mod tests {
         let refs: BTreeMap<String, Vec<String>> =
             [("/app/db".to_owned(), vec!["keyhole.dev/secret-pw".to_owned()])].into();
         let note = deferred_note(
-            &[Move { reference: "/app/db".into(), from: 1, to: 2 }],
+            &[Move { reference: "/app/db".into(), from: 1.into(), to: 2.into() }],
             &refs,
             10,
             std::time::Duration::from_secs(60),

@@ -583,6 +583,43 @@ impl Bed {
         Ok(())
     }
 
+    /// moto's Secrets Manager, as its administrator.
+    pub async fn secrets_admin(&self) -> aws_sdk_secretsmanager::Client {
+        let conf = aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+            .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+            .endpoint_url(&self.moto_url)
+            .credentials_provider(aws_credential_types::Credentials::for_tests())
+            .http_client(aws_http_client())
+            .build();
+        aws_sdk_secretsmanager::Client::from_conf(conf)
+    }
+
+    /// Puts a secret string into moto's Secrets Manager: created, or a new
+    /// current version (the old one becomes AWSPREVIOUS). Its version id.
+    pub async fn put_secret(&self, name: &str, value: &str) -> Result<String> {
+        let sm = self.secrets_admin().await;
+        let exists = sm.describe_secret().secret_id(name).send().await.is_ok();
+        let version = if exists {
+            sm.put_secret_value()
+                .secret_id(name)
+                .secret_string(value)
+                .send()
+                .await
+                .map(|o| o.version_id)
+                .map_err(anyhow::Error::from)
+        } else {
+            sm.create_secret()
+                .name(name)
+                .secret_string(value)
+                .send()
+                .await
+                .map(|o| o.version_id)
+                .map_err(anyhow::Error::from)
+        };
+        version.with_context(|| format!("put secret {name}"))?.with_context(|| format!("secret {name}: no version id"))
+    }
+
     /// Name and PID of every running part.
     pub fn pids(&self) -> Vec<(String, u32)> {
         self.procs.lock().unwrap().iter().filter_map(|p| p.pid().map(|pid| (p.name.clone(), pid))).collect()

@@ -58,6 +58,12 @@ stores:
     audience: sts.amazonaws.com
     endpoint: {ssm}
     stsEndpoint: {sts}
+{aws_more}  aws-sm:
+    kind: aws-secretsmanager
+    region: us-east-1
+    audience: sts.amazonaws.com
+    endpoint: {ssm}
+    stsEndpoint: {sts}
 {aws_more}"#,
         vault_more = more(vault_more),
         aws_more = more(aws_more),

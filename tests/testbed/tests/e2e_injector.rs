@@ -34,6 +34,9 @@ fn main() {
         vault_version_on_kv1_is_refused_and_nothing_written,
         ssm_reads_versions_labels_fields_and_templates,
         ssm_reads_25_parameters_in_concurrent_batches,
+        secretsmanager_reads_fields_whole_secrets_arns_and_pinned_versions,
+        secretsmanager_reads_ten_secrets_in_one_batched_call,
+        secretsmanager_missing_secrets_are_named_and_nothing_is_written,
         vault_unreachable_fails_with_connection_refused_and_leaves_nothing,
         ssm_unreachable_fails_with_connection_refused_and_leaves_nothing,
         wrong_vault_role_is_refused,
@@ -81,6 +84,8 @@ fn stores(bed: &Bed, extra: Value) -> Result<Stores> {
         "vault-jwt": {"kind": "vault", "address": bed.vault_addr, "auth": {"method": "jwt"}, "audience": "vault"},
         "aws": {"kind": "aws-ssm", "region": "us-east-1", "endpoint": bed.moto_url, "stsEndpoint": bed.moto_url,
                 "defaultRole": ROLE_ARN},
+        "aws-sm": {"kind": "aws-secretsmanager", "region": "us-east-1", "endpoint": bed.moto_url,
+                   "stsEndpoint": bed.moto_url, "defaultRole": ROLE_ARN},
     });
     if let (Some(s), Value::Object(more)) = (stores.as_object_mut(), extra) {
         s.extend(more);
@@ -328,6 +333,95 @@ async fn ssm_reads_25_parameters_in_concurrent_batches(bed: &Bed) -> Result<()> 
     for (i, (_, _, v)) in pairs.iter().enumerate() {
         check_file(&out, &format!("p{i}"), v, 0o400)?;
     }
+    Ok(())
+}
+
+/// Secrets Manager on moto: a JSON secret's field (current), the same field
+/// at AWSPREVIOUS and at the first version's id (both pinned), a whole plain
+/// secret, and a secret named by its ARN.
+async fn secretsmanager_reads_fields_whole_secrets_arns_and_pinned_versions(bed: &Bed) -> Result<()> {
+    let ns = aws_namespace(bed, "inj-sm").await?;
+    let (user, pw1, pw2, token) = (secret("sm-user"), secret("sm-pw1"), secret("sm-pw2"), secret("sm-token"));
+    let db = format!("{ns}/db");
+    let first = bed.put_secret(&db, &json!({"user": user, "pw": pw1}).to_string()).await?;
+    bed.put_secret(&db, &json!({"user": user, "pw": pw2}).to_string()).await?;
+    bed.put_secret(&format!("{ns}/token"), &token).await?;
+    let arn = bed.secrets_admin().await.describe_secret().secret_id(&db).send().await?.arn.context("no ARN")?;
+    let a = ann(&[
+        ("keyhole.dev/store", "aws-sm"),
+        ("keyhole.dev/secret-pw", &format!("{db}#pw")),
+        ("keyhole.dev/secret-previous", &format!("{db}?version-stage=AWSPREVIOUS#pw")),
+        ("keyhole.dev/secret-first", &format!("{db}?version-id={first}#pw")),
+        ("keyhole.dev/secret-token", &format!("{ns}/token")),
+        ("keyhole.dev/secret-user", &format!("{arn}#user")),
+    ]);
+    let pod = injected_pod(bed, &ns, &a, &stores(bed, json!({}))?).await?;
+    let out = run(bed, &pod, &[]).await?;
+    ensure!(out.success(), "{}", out.describe());
+    check_listing(&out, &["first", "previous", "pw", "token", "user"])?;
+    check_file(&out, "pw", &pw2, 0o400)?;
+    check_file(&out, "previous", &pw1, 0o400)?;
+    check_file(&out, "first", &pw1, 0o400)?;
+    check_file(&out, "token", &token, 0o400)?;
+    check_file(&out, "user", &user, 0o400)?;
+    Ok(())
+}
+
+/// Ten current secrets: one BatchGetSecretValue, no GetSecretValue (counted
+/// at a proxy in front of Secrets Manager).
+async fn secretsmanager_reads_ten_secrets_in_one_batched_call(bed: &Bed) -> Result<()> {
+    let ns = aws_namespace(bed, "inj-sm10").await?;
+    let proxy = Proxy::start(&bed.moto_url).await?;
+    let mut pairs = Vec::new();
+    for i in 0..10 {
+        let v = secret(&format!("sm{i}"));
+        bed.put_secret(&format!("{ns}/s{i}"), &v).await?;
+        pairs.push((format!("keyhole.dev/secret-s{i}"), format!("{ns}/s{i}"), v));
+    }
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, r, _)| (k.as_str(), r.as_str())).collect();
+    let mut a = ann(&refs);
+    a.insert("keyhole.dev/store".into(), "aws-sm".into());
+    let counted = json!({"aws-sm": {"kind": "aws-secretsmanager", "region": "us-east-1", "endpoint": proxy.url,
+                                    "stsEndpoint": bed.moto_url, "defaultRole": ROLE_ARN}});
+    let pod = injected_pod(bed, &ns, &a, &stores(bed, counted)?).await?;
+    let out = run(bed, &pod, &[]).await?;
+    ensure!(out.success(), "{}", out.describe());
+    for (i, (_, _, v)) in pairs.iter().enumerate() {
+        check_file(&out, &format!("s{i}"), v, 0o400)?;
+    }
+    let requests = proxy.requests();
+    ensure!(
+        proxy.count_of("secretsmanager.BatchGetSecretValue") == 1 && requests.len() == 1,
+        "not one batched call: {requests:?}"
+    );
+    Ok(())
+}
+
+/// Missing secrets (and a missing version of one that exists) are named in
+/// one error with their annotations; nothing is written.
+async fn secretsmanager_missing_secrets_are_named_and_nothing_is_written(bed: &Bed) -> Result<()> {
+    let ns = aws_namespace(bed, "inj-sm-missing").await?;
+    bed.put_secret(&format!("{ns}/there"), &secret("sm-there")).await?;
+    let a = ann(&[
+        ("keyhole.dev/store", "aws-sm"),
+        ("keyhole.dev/secret-there", &format!("{ns}/there")),
+        ("keyhole.dev/secret-gone", &format!("{ns}/gone")),
+        ("keyhole.dev/secret-old", &format!("{ns}/there?version-stage=AWSPREVIOUS")),
+    ]);
+    let pod = injected_pod(bed, &ns, &a, &stores(bed, json!({}))?).await?;
+    let out = run(bed, &pod, &[]).await?;
+    check_failed_cleanly(
+        &out,
+        &[
+            "keyhole.dev/secret-gone",
+            "keyhole.dev/secret-old",
+            "store \"aws-sm\" (aws-secretsmanager)",
+            "no such secret or version",
+            &format!("{ns}/gone"),
+            &format!("{ns}/there?version-stage=AWSPREVIOUS"),
+        ],
+    )?;
+    ensure!(!out.termination_log.contains("secret-there"), "the one that exists is named: {}", out.termination_log);
     Ok(())
 }
 

@@ -31,6 +31,7 @@ fn main() {
     keyhole_testbed::harness::run(e2e_tests![
         ssm_change_rolls_the_deployment_and_the_new_pod_gets_the_new_value,
         vault_kv2_new_version_rolls_and_the_new_pod_gets_it,
+        secretsmanager_new_version_rolls_and_a_pinned_reference_does_not,
         ssm_change_with_secret_output_makes_a_new_immutable_secret,
         pinned_reference_never_rolls,
         opted_out_workload_never_rolls,
@@ -275,6 +276,44 @@ async fn ssm_change_rolls_the_deployment_and_the_new_pod_gets_the_new_value(bed:
     let pod = pod_of_revision(bed, ns, "web", &versions).await?;
     ensure!(injected_value(bed, &pod).await? == v2, "the new pod's injector did not write the new value");
     check_rotated_event(bed, ns, "web", &format!("keyhole.dev/secret-db ({param}) moved from version 1 to 2")).await?;
+    finish(&[&ctrl])
+}
+
+/// Secrets Manager: versions are ids, looked up with DescribeSecret (never a
+/// value). A new current version rolls the workload; one pinned to the first
+/// version's id, beside it, never rolls.
+async fn secretsmanager_new_version_rolls_and_a_pinned_reference_does_not(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-sm").await?;
+    let ns = &env.ns;
+    let name = format!("{ns}/db");
+    let (v1, v2) = (secret("sm1"), secret("sm2"));
+    let first = bed.put_secret(&name, &v1).await?;
+    let ctrl = env.controller(bed, "ctrl").await?;
+    let annotations = |reference: &str| {
+        let mut a = ssm_annotations(ns, reference);
+        a["keyhole.dev/store"] = json!("aws-sm");
+        a
+    };
+    create(bed, ns, &deployment("web", annotations(&name))?).await?;
+    create(bed, ns, &deployment("pinned", annotations(&format!("{name}?version-id={first}")))?).await?;
+    wait_observed(bed, ns, "web", &format!("{{\"{name}\":\"{first}\"}}")).await?;
+    wait_replica_sets(bed, ns, "web", 1, Duration::from_secs(30)).await?;
+    wait_replica_sets(bed, ns, "pinned", 1, Duration::from_secs(30)).await?;
+
+    let second = bed.put_secret(&name, &v2).await?;
+    let took = wait_replica_sets(bed, ns, "web", 2, INTERVAL + SLACK).await?;
+    eprintln!("rot-sm: new ReplicaSet {:.2}s after the change (interval {}s)", took.as_secs_f64(), INTERVAL.as_secs());
+    let d = get(bed, ns, "web").await?;
+    ensure!(observed(&d) == Some(format!("{{\"{name}\":\"{second}\"}}")), "observed: {:?}", observed(&d));
+    let versions = template_versions(&d).context("no keyhole.dev/versions on the template")?;
+    let pod = pod_of_revision(bed, ns, "web", &versions).await?;
+    ensure!(injected_value(bed, &pod).await? == v2, "the new pod's injector did not write the new value");
+    check_rotated_event(bed, ns, "web", &format!("({name}) moved from version {first} to {second}")).await?;
+    tokio::time::sleep(INTERVAL * 2).await;
+    ensure!(replica_sets(bed, ns, "pinned").await?.len() == 1, "the pinned workload rolled");
+    let requests = |op: &'static str| ctrl.counter("keyhole_rotation_backend_requests_total", op);
+    ensure!(requests("operation=\"DescribeSecret\"").await? > 0.0, "no DescribeSecret was counted");
+    ensure!(requests("SecretValue").await? == 0.0, "the controller read a value");
     finish(&[&ctrl])
 }
 
