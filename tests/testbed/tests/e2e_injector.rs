@@ -601,10 +601,11 @@ async fn bench_wall_time_and_rss(bed: &Bed) -> Result<()> {
     for i in 0..100 {
         bed.put_ssm(&format!("/{ns}/b/{i}"), &secret("bench")).await?;
         bed.vault("POST", &format!("secret/data/{ns}/b{i}"), Some(json!({"data": {"v": secret("bench")}}))).await?;
+        bed.put_secret(&format!("{ns}/b/{i}"), &secret("bench")).await?;
     }
     let all = stores(bed, json!({}))?;
     let mut rows = Vec::new();
-    for store in ["vault", "aws"] {
+    for store in ["vault", "aws", "aws-sm"] {
         let audience = if store == "vault" { "vault" } else { "sts.amazonaws.com" };
         let token = bed.token(&ns, SA, &[audience], 3600, None).await?;
         leaks::remember(token.clone());
@@ -614,7 +615,11 @@ async fn bench_wall_time_and_rss(bed: &Bed) -> Result<()> {
                 pairs.push(("keyhole.dev/role".into(), ns.clone()));
             }
             for i in 0..n {
-                let r = if store == "vault" { format!("secret/{ns}/b{i}#v") } else { format!("/{ns}/b/{i}") };
+                let r = match store {
+                    "vault" => format!("secret/{ns}/b{i}#v"),
+                    "aws" => format!("/{ns}/b/{i}"),
+                    _ => format!("{ns}/b/{i}"),
+                };
                 pairs.push((format!("keyhole.dev/secret-s{i}"), r));
             }
             let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -625,7 +630,7 @@ async fn bench_wall_time_and_rss(bed: &Bed) -> Result<()> {
     eprintln!("keyhole-injector bench ({}):", binary.display());
     for r in &rows {
         eprintln!(
-            "  {:>5} {:>3} secrets: median {:>6.1} ms, min {:>6.1} ms, peak RSS {:>6.1} MB",
+            "  {:>6} {:>3} secrets: median {:>6.1} ms, min {:>6.1} ms, peak RSS {:>6.1} MB",
             r.store,
             r.secrets,
             r.wall.as_secs_f64() * 1e3,

@@ -49,6 +49,8 @@ const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/app";
 enum Backend {
     Vault,
     Aws,
+    /// Secrets Manager, behind the same proxy as SSM (moto serves both).
+    SecretsManager,
 }
 
 struct Ctx {
@@ -62,7 +64,7 @@ impl Ctx {
     fn proxy(&self, b: Backend) -> &Proxy {
         match b {
             Backend::Vault => &self.vault,
-            Backend::Aws => &self.aws,
+            Backend::Aws | Backend::SecretsManager => &self.aws,
         }
     }
 }
@@ -141,6 +143,9 @@ async fn seed(bed: &Bed, b: Backend, ns: &str, v: &str) -> Result<()> {
             bed.vault("POST", &format!("secret/data/{ns}/db"), Some(json!({"data": {"password": v}}))).await?;
         }
         Backend::Aws => bed.put_ssm(&format!("/{ns}/db"), v).await?,
+        Backend::SecretsManager => {
+            bed.put_secret(&format!("{ns}/db"), &json!({"user": "app", "password": v}).to_string()).await?;
+        }
     }
     Ok(())
 }
@@ -151,6 +156,8 @@ fn annotations(b: Backend, ns: &str, output: &str) -> Value {
                                  "keyhole.dev/secret-DB_PASSWORD": format!("secret/{ns}/db#password")}),
         Backend::Aws => json!({"keyhole.dev/inject": "true", "keyhole.dev/output": output, "keyhole.dev/store": "aws",
                                "keyhole.dev/secret-DB_PASSWORD": format!("/{ns}/db")}),
+        Backend::SecretsManager => json!({"keyhole.dev/inject": "true", "keyhole.dev/output": output,
+                               "keyhole.dev/store": "aws-sm", "keyhole.dev/secret-DB_PASSWORD": format!("{ns}/db#password")}),
     }
 }
 
@@ -233,8 +240,9 @@ fn file(out: &InitOutcome, name: &str) -> Result<String> {
 
 async fn three_replicas_share_one_secret_owned_by_the_replicaset(bed: &Bed) -> Result<()> {
     let c = ctx(bed).await?;
-    // Vault with output "both" (files too), SSM with output "secret".
-    for (b, output) in [(Backend::Vault, "both"), (Backend::Aws, "secret")] {
+    // Vault with output "both" (files too), SSM with output "secret", and a
+    // JSON field of a Secrets Manager secret as the app's env (output "secret").
+    for (b, output) in [(Backend::Vault, "both"), (Backend::Aws, "secret"), (Backend::SecretsManager, "secret")] {
         let ns = namespace(bed, "sec-three").await?;
         let v = value("three");
         seed(bed, b, &ns, &v).await?;
