@@ -79,7 +79,10 @@ pub enum Error {
     VersionOnKv1 { annotation: String, store: StoreRef, reference: String, mount: String },
 
     #[error("{annotation}: {store}: reading {reference} failed: {reason}")]
-    VaultRead { annotation: String, store: StoreRef, reference: String, reason: String },
+    VaultRead { annotation: String, store: StoreRef, reference: String, reason: String, class: Class },
+
+    #[error("{annotation}: {store}: the value of {reference} is missing, and making it failed: {reason}")]
+    Generate { annotation: String, store: StoreRef, reference: String, reason: String },
 
     #[error("{annotation}: {store}: {reference}: {reason}")]
     Field { annotation: String, store: StoreRef, reference: String, reason: FieldError },
@@ -98,6 +101,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// The backend said a value does not exist (a generated one may be made).
+    pub fn is_missing(&self) -> bool {
+        matches!(self, Error::ParametersNotFound { .. } | Error::VaultRead { class: Class::NotFound, .. })
+    }
+
     /// How a login failed (for the rotation controller's metrics); `None` for
     /// the errors that are not a backend's answer to a login.
     pub fn login_class(&self) -> Option<Class> {

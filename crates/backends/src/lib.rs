@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod generate;
 pub mod retry;
 pub mod secretsmanager;
 pub mod ssm;

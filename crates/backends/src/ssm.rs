@@ -409,6 +409,22 @@ pub async fn fetch(ctx: &Ctx, store: &SsmStore, items: &[PlanItem]) -> Result<Va
     Ok(values)
 }
 
+/// PutParameter, SecureString, `Overwrite=false`: made only if it does not
+/// exist, so two pods racing make it once. A refused write (it exists) is an
+/// `Err` like any other; the caller reads again.
+pub async fn put_if_absent(client: &aws_sdk_ssm::Client, name: &str, value: &SecretString) -> Result<(), Failure> {
+    client
+        .put_parameter()
+        .name(name)
+        .value(value.expose_secret())
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .overwrite(false)
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| classify(&e))
+}
+
 /// SSM takes at most 50 values in one ParameterStringFilter, and returns at
 /// most 50 results a page.
 pub const NAMES_PER_DESCRIBE: usize = 50;

@@ -138,11 +138,19 @@ impl Session {
     }
 
     async fn send(&self, method: reqwest::Method, path: &str) -> Result<Value, Failure> {
+        self.send_body(method, path, None).await
+    }
+
+    /// `body` may hold a value: it is sent, never logged or put in an error.
+    async fn send_body(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
         let url = self
             .address
             .join(&format!("v1/{path}"))
             .map_err(|e| Failure::new(Class::Permanent, format!("bad URL: {e}")))?;
         let mut req = self.http.request(method, url).header("X-Vault-Token", self.token.expose_secret());
+        if let Some(b) = body {
+            req = req.json(b);
+        }
         if let Some(ns) = &self.namespace {
             req = req.header("X-Vault-Namespace", ns);
         }
@@ -189,6 +197,19 @@ impl Session {
     pub async fn mount_of(&self, path: &str) -> Result<Mount, Failure> {
         let body = self.get_json(&format!("sys/internal/ui/mounts/{path}")).await?;
         Mount::from_response(&body).ok_or_else(|| Failure::new(Class::Permanent, "the answer names no mount"))
+    }
+
+    /// Creates the KV v2 secret `path` holding `{field: value}` only if it does
+    /// not exist (check-and-set 0): two pods racing make it once. A refused
+    /// write (it exists) is an `Err` like any other; the caller reads again.
+    pub async fn create_if_absent(&self, path: &str, field: &str, value: &SecretString) -> Result<(), Failure> {
+        let mount = self.mount_of(path).await?;
+        if !mount.is_kv() || mount.version != 2 {
+            return Err(Failure::new(Class::Permanent, "only a KV v2 mount can make a value once (check-and-set)"));
+        }
+        let rel = mount.relative(path).ok_or_else(|| Failure::new(Class::Permanent, "the path is the mount itself"))?;
+        let body = serde_json::json!({"options": {"cas": 0}, "data": {field: value.expose_secret()}});
+        self.send_body(reqwest::Method::POST, &format!("{}/data/{rel}", mount.name()), Some(&body)).await.map(drop)
     }
 
     async fn read(&self, mount: &Mount, rel: &str, version: Option<u64>) -> Result<SecretString, Failure> {
@@ -405,6 +426,7 @@ async fn read_all(ctx: &Ctx, session: &Arc<Session>, refs: &[(&PlanItem, &VaultR
             store: ctx.store.clone(),
             reference: r.to_string(),
             reason: f.reason.clone(),
+            class: f.class,
         })?;
         values.insert(item.name.clone(), item_value(item, &ctx.store, r, whole, r.field.as_deref())?);
     }
@@ -479,6 +501,7 @@ mod tests {
             default_role: None,
             rotation_role: None,
             allow: None,
+            allow_generate: false,
         };
         assert!(http_client(&store("http://127.0.0.1:8200", None)).is_ok());
         let err = http_client(&store("https://vault:8200", Some("not a certificate"))).unwrap_err();

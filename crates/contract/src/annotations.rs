@@ -29,6 +29,9 @@ pub const REFRESH_INTERVAL: &str = "keyhole.dev/refresh-interval";
 pub const SECRET_PREFIX: &str = "keyhole.dev/secret-";
 /// Prefix family: `template-<name>` is a minijinja template rendered to `<name>`.
 pub const TEMPLATE_PREFIX: &str = "keyhole.dev/template-";
+/// Prefix family: `generate-<name>` is the recipe of `secret-<name>`'s value,
+/// made and stored in the backend by the first pod that finds it missing.
+pub const GENERATE_PREFIX: &str = "keyhole.dev/generate-";
 /// Written by the webhook on injected pods (makes injection idempotent).
 pub const STATUS: &str = "keyhole.dev/status";
 /// Written by the rotation controller on pod templates: digest of the versions.
@@ -136,6 +139,8 @@ impl fmt::Display for Problems {
 pub struct SecretItem {
     pub name: String,
     pub reference: String,
+    /// `generate-<name>`: made when missing.
+    pub generate: Option<crate::generate::Recipe>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,6 +211,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<InjectSpec
         refresh_interval: None,
     };
 
+    let mut recipes = Vec::new();
     for (key, value) in annotations.range(PREFIX.to_owned()..) {
         let Some(short) = key.strip_prefix(PREFIX) else { break };
         let mut bad = |msg: String| problems.push(Problem::new(key.clone(), msg));
@@ -257,7 +263,16 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<InjectSpec
                     match (check_item_name(name), non_empty(value)) {
                         (Err(e), _) => bad(e.to_string()),
                         (_, None) => bad("empty reference: write where the value lives in the store".into()),
-                        (Ok(()), Some(v)) => spec.secrets.push(SecretItem { name: name.to_owned(), reference: v.to_owned() }),
+                        (Ok(()), Some(v)) => spec.secrets.push(SecretItem {
+                            name: name.to_owned(),
+                            reference: v.to_owned(),
+                            generate: None,
+                        }),
+                    }
+                } else if let Some(name) = short.strip_prefix("generate-") {
+                    match crate::generate::Recipe::parse(value) {
+                        Ok(recipe) => recipes.push((key.clone(), name.to_owned(), recipe)),
+                        Err(e) => bad(e.to_string()),
                     }
                 } else if let Some(name) = short.strip_prefix("template-") {
                     match check_item_name(name).and_then(|()| check_template(value)) {
@@ -271,6 +286,15 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<InjectSpec
         }
     }
 
+    for (key, name, recipe) in recipes {
+        match spec.secrets.iter_mut().find(|s| s.name == name) {
+            Some(item) => item.generate = Some(recipe),
+            None => problems.push(Problem::new(
+                key,
+                format!("there is no {SECRET_PREFIX}{name}: add it, naming where the generated value is kept"),
+            )),
+        }
+    }
     if spec.secrets.len() > MAX_REFERENCES {
         problems.push(Problem::new(
             format!("{SECRET_PREFIX}*"),
@@ -321,10 +345,11 @@ fn unknown_key_hint(short: &str) -> String {
     let mut known: Vec<String> = USER_KEYS.iter().map(|k| k.to_string()).collect();
     known.push(format!("{SECRET_PREFIX}<name>"));
     known.push(format!("{TEMPLATE_PREFIX}<name>"));
+    known.push(format!("{GENERATE_PREFIX}<name>"));
     let close = USER_KEYS
         .iter()
         .map(|k| k.strip_prefix(PREFIX).unwrap_or(k))
-        .chain(["secret-<name>", "template-<name>"])
+        .chain(["secret-<name>", "template-<name>", "generate-<name>"])
         .find(|k| edit_distance(k, short) <= 2 || (short.starts_with("secret") && k.starts_with("secret")));
     match close {
         Some(k) => format!("unknown annotation: did you mean {PREFIX}{k}?"),
@@ -509,7 +534,10 @@ mod tests {
         ]);
         let s = parse(&a).unwrap().unwrap();
         assert_eq!(s.store.as_deref(), Some("aws"));
-        assert_eq!(s.secrets, vec![SecretItem { name: "db_password".into(), reference: "/prod/db/password".into() }]);
+        assert_eq!(
+            s.secrets,
+            vec![SecretItem { name: "db_password".into(), reference: "/prod/db/password".into(), generate: None }]
+        );
         assert_eq!(s.templates[0].name, "config.ini");
         assert_eq!(s.containers, Some(vec!["app".into(), "sidecar".into()]));
         assert_eq!(s.file_mode, Some(0o440));

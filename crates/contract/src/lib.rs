@@ -11,6 +11,7 @@ pub mod access;
 pub mod annotations;
 pub mod config;
 pub mod duration;
+pub mod generate;
 pub mod names;
 pub mod plan;
 pub mod reference;

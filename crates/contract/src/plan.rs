@@ -46,6 +46,9 @@ pub struct Plan {
 pub struct PlanItem {
     pub name: String,
     pub reference: Reference,
+    /// Made and stored when missing (the store allows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate: Option<crate::generate::Recipe>,
 }
 
 impl PlanItem {
@@ -130,7 +133,14 @@ pub fn build(spec: &InjectSpec, stores: &Stores, pod: &PodFacts) -> Result<Plan,
     let mut items = Vec::with_capacity(spec.secrets.len());
     for s in &spec.secrets {
         match Reference::parse(store.kind(), &s.reference) {
-            Ok(reference) => items.push(PlanItem { name: s.name.clone(), reference }),
+            Ok(reference) => {
+                if s.generate.is_some()
+                    && let Err(why) = can_generate(store_name, store, &reference)
+                {
+                    problems.push(Problem::new(format!("{}{}", annotations::GENERATE_PREFIX, s.name), why));
+                }
+                items.push(PlanItem { name: s.name.clone(), reference, generate: s.generate.clone() });
+            }
             Err(e) => problems.push(Problem::new(
                 InjectSpec::secret_annotation(&s.name),
                 format!("bad {} reference for store {store_name:?}: {e}", store.kind().as_str()),
@@ -196,6 +206,30 @@ pub fn build(spec: &InjectSpec, stores: &Stores, pod: &PodFacts) -> Result<Plan,
             .collect(),
         deadline_seconds: DEFAULT_DEADLINE_SECONDS,
     })
+}
+
+/// Whether `reference` of `store` may be made when missing: the store opts in,
+/// and the reference names one whole current value the backend can create
+/// without overwriting (SSM: a parameter, no version, label or #key; Vault: a
+/// KV v2 secret with one #field, no version).
+fn can_generate(store_name: &str, store: &Store, reference: &Reference) -> Result<(), String> {
+    if !store.allow_generate() {
+        return Err(format!(
+            "store {store_name:?} does not allow generated values: its operator sets allowGenerate: true on it (the injector's role then needs write access), or remove this annotation and create the value in the store"
+        ));
+    }
+    match reference {
+        Reference::AwsSsm(r) if r.selector.is_none() && r.key.is_none() => Ok(()),
+        Reference::AwsSsm(_) => {
+            Err("a generated SSM parameter is referenced by its name alone: no :version, :label or #key".into())
+        }
+        Reference::Vault(r) if r.version.is_none() && r.field.is_some() => Ok(()),
+        Reference::Vault(_) => Err(
+            "a generated Vault value is one field of a KV v2 secret: write <mount>/<path>#<field>, without ?version="
+                .into(),
+        ),
+        Reference::AwsSecretsManager(_) => Err("aws-secretsmanager stores cannot generate values yet".into()),
+    }
 }
 
 /// One name per controller and revision. A ReplicaSet's name already carries its
@@ -422,6 +456,47 @@ mod tests {
             text.starts_with(r#"keyhole.dev/role: store "vault" lets namespace "team-a" use roles team-a"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_generated_value_needs_a_store_that_allows_it_and_a_whole_current_value() {
+        let stores: Stores = serde_json::from_str(
+            r#"{"stores": {
+                "aws": {"kind": "aws-ssm", "region": "eu-west-1", "defaultRole": "r"},
+                "aws-gen": {"kind": "aws-ssm", "region": "eu-west-1", "defaultRole": "r", "allowGenerate": true},
+                "vault-gen": {"kind": "vault", "address": "https://v", "auth": {"method": "kubernetes"},
+                              "defaultRole": "r", "allowGenerate": true}}}"#,
+        )
+        .unwrap();
+        let plan = |store: &str, reference: &str| {
+            let s = spec(&[
+                ("keyhole.dev/inject", "true"),
+                ("keyhole.dev/store", store),
+                ("keyhole.dev/secret-k", reference),
+                ("keyhole.dev/generate-k", "length=32"),
+            ]);
+            build(&s, &stores, &PodFacts::default()).map_err(|p| p.to_string())
+        };
+        let ok = plan("aws-gen", "/app/session").unwrap();
+        assert_eq!(ok.items[0].generate.as_ref().map(ToString::to_string).as_deref(), Some("length=32"));
+        assert!(Plan::from_json(&ok.to_json()).unwrap() == ok, "the recipe round-trips through the plan");
+        assert!(plan("vault-gen", "secret/app/session#key").is_ok());
+        for (store, reference, hint) in [
+            ("aws", "/app/session", "does not allow generated values: its operator sets allowGenerate: true"),
+            ("aws-gen", "/app/session:2", "by its name alone"),
+            ("aws-gen", "/app/session#k", "by its name alone"),
+            ("vault-gen", "secret/app/session", "one field of a KV v2 secret"),
+            ("vault-gen", "secret/app/session?version=1#key", "one field of a KV v2 secret"),
+        ] {
+            let err = plan(store, reference).unwrap_err();
+            assert!(err.starts_with("keyhole.dev/generate-k: ") && err.contains(hint), "{store} {reference}: {err}");
+        }
+        let without = spec(&[("keyhole.dev/inject", "true"), ("keyhole.dev/secret-a", "/x")]);
+        let mut a: BTreeMap<String, String> = [("keyhole.dev/generate-b".to_owned(), "length=32".to_owned())].into();
+        a.extend([("keyhole.dev/inject".into(), "true".into()), ("keyhole.dev/secret-a".into(), "/x".into())]);
+        let err = annotations::parse(&a).unwrap_err().to_string();
+        assert!(err.contains("keyhole.dev/generate-b: there is no keyhole.dev/secret-b"), "{err}");
+        assert!(without.secrets[0].generate.is_none());
     }
 
     #[test]

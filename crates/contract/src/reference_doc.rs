@@ -279,6 +279,29 @@ pub fn entries() -> Vec<Entry> {
             }],
         },
         Entry {
+            key: Key::Family { prefix: a::GENERATE_PREFIX, placeholder: "<name>" },
+            writer: Writer::User,
+            summary: "Makes the value of `secret-<name>` when the store has none: the first pod that finds it missing writes it, and every pod reads it.".into(),
+            value: format!(
+                "a recipe: `length=<n>` (letters and digits), `length=<n>,alphabet=hex|alnum|symbols`, or `bytes=<n>` (random bytes, written in base64); n from {} to {}.",
+                crate::generate::MIN_LENGTH,
+                crate::generate::MAX_LENGTH
+            ),
+            default: "none: a missing value fails the pod".into(),
+            applies_to: "every opted-in pod; all outputs".into(),
+            limits: vec![
+                "Needs `secret-<name>` beside it, on a store whose operator set `allowGenerate: true`; the pod's role then needs write access to those values (`ssm:PutParameter`; Vault `create` on `<mount>/data/<path>`).".into(),
+                "aws-ssm: the reference is a parameter name alone (no version, label or `#key`); it is made as a SecureString. vault: one field of a KV v2 secret (`<mount>/<path>#<field>`, no `?version=`); the secret is made holding that field only. aws-secretsmanager: not yet.".into(),
+                "The write never overwrites (SSM `Overwrite=false`, Vault check-and-set 0): two pods starting at once make it once and read the same value. An existing value is never changed, and the recipe is not checked against it.".into(),
+                "Values come from the system's CSPRNG; characters are drawn without bias.".into(),
+            ],
+            examples: vec![Example {
+                caption: "",
+                store: Some(StoreKind::AwsSsm),
+                annotations: pairs(&[(&secret("session_key"), "/shop/session-key"), (&format!("{}session_key", a::GENERATE_PREFIX), "length=48,alphabet=hex")]),
+            }],
+        },
+        Entry {
             key: Key::Exact(a::OUTPUT),
             writer: Writer::User,
             summary: "Where the values go.".into(),

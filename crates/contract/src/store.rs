@@ -158,6 +158,14 @@ impl Store {
         }
         store
     }
+    /// Whether pods may have values generated and stored when missing.
+    pub fn allow_generate(&self) -> bool {
+        match self {
+            Store::Vault(v) => v.allow_generate,
+            Store::AwsSsm(s) => s.allow_generate,
+            Store::AwsSecretsManager(_) => false,
+        }
+    }
     /// The rotation controller's own role: it reads versions (metadata) only.
     pub fn rotation_role(&self) -> Option<&str> {
         match self {
@@ -189,6 +197,9 @@ pub struct VaultStore {
     /// (crate::access); absent: every namespace, any role, any path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow: Option<Vec<Grant>>,
+    /// Pods may ask for values made when missing (`keyhole.dev/generate-<name>`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_generate: bool,
 }
 
 fn default_vault_audience() -> String {
@@ -246,6 +257,13 @@ pub struct SsmStore {
     /// (crate::access); absent: every namespace, any role, any path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow: Option<Vec<Grant>>,
+    /// Pods may ask for values made when missing (`keyhole.dev/generate-<name>`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_generate: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_sts_audience() -> String {

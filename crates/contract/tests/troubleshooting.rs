@@ -28,6 +28,7 @@ const SOURCES: &[&str] = &[
     "crates/contract/src/access.rs",
     "crates/contract/src/store.rs",
     "crates/contract/src/duration.rs",
+    "crates/contract/src/generate.rs",
     // The webhook and the rotation controller at start (the config), and in their logs.
     "crates/contract/src/config.rs",
     "crates/webhook/src/tls.rs",

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use keyhole_backends::{Ctx, secretsmanager, ssm, value, vault};
+use keyhole_backends::{Ctx, generate, secretsmanager, ssm, value, vault};
 use keyhole_contract::annotations::{self, InjectSpec};
 use keyhole_contract::{Plan, Store, names};
 use secrecy::SecretString;
@@ -289,11 +289,37 @@ async fn fetch(
         deadline,
         session: keyhole_backends::session_name(pod_name.unwrap_or("injector")),
     };
-    let fetch = async {
+    let read = || async {
         match &plan.store {
             Store::AwsSsm(s) => ssm::fetch(&ctx, s, &plan.items).await,
             Store::AwsSecretsManager(s) => secretsmanager::fetch(&ctx, s, &plan.items).await,
             Store::Vault(v) => vault::fetch(&ctx, v, &plan.items).await,
+        }
+    };
+    let fetch = async {
+        match read().await {
+            Err(e) if e.is_missing() && plan.items.iter().any(|i| i.generate.is_some()) => {
+                // Made here, once across racing pods (writes never overwrite),
+                // then read like any value: a loser reads the winner's.
+                tracing::info!("a value with a recipe is missing: making it");
+                let failed = generate::write_missing(&ctx, &plan.store, &plan.items).await?;
+                match read().await {
+                    Err(again) if again.is_missing() => Err(match failed.into_iter().next() {
+                        Some((name, f)) => {
+                            let item = plan.items.iter().find(|i| i.name == name).expect("a planned item");
+                            keyhole_backends::Error::Generate {
+                                annotation: item.annotation(),
+                                store: ctx.store.clone(),
+                                reference: item.reference.to_string(),
+                                reason: f.reason,
+                            }
+                        }
+                        None => again,
+                    }),
+                    other => other,
+                }
+            }
+            other => other,
         }
     };
     // A backstop only: every call and retry already stops at the deadline, with

@@ -34,6 +34,9 @@ fn main() {
     trials.push(Trial::test("workloads_with_bad_templates_are_denied_at_validate", || {
         run(workloads_with_bad_templates_are_denied_at_validate())
     }));
+    trials.push(Trial::test("a_generated_value_is_refused_at_validate_unless_the_store_allows_it", || {
+        run(a_generated_value_is_refused_at_validate_unless_the_store_allows_it())
+    }));
     trials.push(Trial::test("the_golden_cases_are_all_there", || {
         let n = cases().len();
         if n < 28 { Err(format!("only {n} golden cases").into()) } else { Ok(()) }
@@ -150,6 +153,39 @@ async fn malformed_or_oversized_reviews_get_400_not_a_panic() {
     let (status, body) = send(&app, "/mutate", br#"{"request": "hunter2-super-secret"}"#.to_vec()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(!String::from_utf8_lossy(&body).contains("hunter2"));
+}
+
+/// `kubectl apply` of a Deployment asking for a generated value: refused,
+/// with what to do, by a webhook whose store does not allow it; admitted by
+/// one whose store does (the control).
+async fn a_generated_value_is_refused_at_validate_unless_the_store_allows_it() {
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {
+            "metadata": {"labels": {"app": "web"}, "annotations": {
+                "keyhole.dev/inject": "true", "keyhole.dev/secret-key": "/shop/session-key",
+                "keyhole.dev/generate-key": "length=32"}},
+            "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}
+    });
+    let mut r = review(&deployment, "u-3");
+    r["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    for (allow, want) in [(false, false), (true, true)] {
+        let config = format!(
+            "injector: {{image: x}}\ndefaultStore: aws\nstores:\n  aws: {{kind: aws-ssm, region: eu-west-1, defaultRole: r, allowGenerate: {allow}}}\n"
+        );
+        let app = App::new(keyhole_webhook::Config::parse(&config).unwrap(), Arc::new(Default::default()));
+        let (_, body) = send(&app, "/validate", serde_json::to_vec(&r).unwrap()).await;
+        let out: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(out["response"]["allowed"], want, "allowGenerate {allow}: {out}");
+        if !want {
+            let msg = out["response"]["status"]["message"].as_str().unwrap();
+            assert!(
+                msg.contains("keyhole.dev/generate-key: store \"aws\" does not allow generated values: its operator sets allowGenerate: true"),
+                "{msg}"
+            );
+        }
+    }
 }
 
 async fn workloads_with_bad_templates_are_denied_at_validate() {

@@ -37,6 +37,9 @@ fn main() {
         secretsmanager_reads_fields_whole_secrets_arns_and_pinned_versions,
         secretsmanager_reads_ten_secrets_in_one_batched_call,
         secretsmanager_missing_secrets_are_named_and_nothing_is_written,
+        generate_two_racing_pods_make_a_missing_ssm_value_once_and_both_read_it,
+        generate_two_racing_pods_make_a_missing_vault_value_once_and_both_read_it,
+        generate_never_changes_an_existing_value,
         vault_unreachable_fails_with_connection_refused_and_leaves_nothing,
         ssm_unreachable_fails_with_connection_refused_and_leaves_nothing,
         wrong_vault_role_is_refused,
@@ -422,6 +425,123 @@ async fn secretsmanager_missing_secrets_are_named_and_nothing_is_written(bed: &B
         ],
     )?;
     ensure!(!out.termination_log.contains("secret-there"), "the one that exists is named: {}", out.termination_log);
+    Ok(())
+}
+
+/// The stores with `allowGenerate: true`, at `ssm_at` and `vault_at` (counting proxies).
+fn generating_stores(bed: &Bed, ssm_at: &str, vault_at: &str) -> Result<Stores> {
+    stores(
+        bed,
+        json!({
+            "aws-gen": {"kind": "aws-ssm", "region": "us-east-1", "endpoint": ssm_at, "stsEndpoint": bed.moto_url,
+                        "defaultRole": ROLE_ARN, "allowGenerate": true},
+            "vault-gen": {"kind": "vault", "address": vault_at, "auth": {"method": "kubernetes"},
+                          "audience": "vault", "allowGenerate": true},
+        }),
+    )
+}
+
+/// Two injected pods of one plan, run at once, the backend at `proxy` held
+/// until both have sent a `first` request (so both find the value missing);
+/// both must succeed. Their values.
+async fn two_at_once(
+    bed: &Bed,
+    ns: &str,
+    a: &BTreeMap<String, String>,
+    stores: &Stores,
+    (proxy, first): (&Proxy, &str),
+) -> Result<(String, String)> {
+    let (p1, p2) = (injected_pod(bed, ns, a, stores).await?, injected_pod(bed, ns, a, stores).await?);
+    let before = proxy.count_of(first);
+    proxy.hold();
+    let release = async {
+        let lined_up = keyhole_testbed::proc::wait_until("both pods at the proxy", Duration::from_secs(30), || async {
+            proxy.count_of(first) >= before + 2
+        })
+        .await;
+        proxy.release();
+        lined_up
+    };
+    let ((o1, o2), lined_up) = tokio::join!(async { tokio::join!(run(bed, &p1, &[]), run(bed, &p2, &[])) }, release);
+    lined_up?;
+    let (o1, o2) = (o1?, o2?);
+    ensure!(o1.success() && o2.success(), "{}\n{}", o1.describe(), o2.describe());
+    let read = |o: &InitOutcome| read_as(APP_UID, &o.volume(names::SECRETS_VOLUME)?.join("key"))?.context("no file");
+    Ok((read(&o1)?, read(&o2)?))
+}
+
+/// SSM: the parameter does not exist; two pods start at once. It is made
+/// once (version 1: a second write would be version 2) with the recipe's
+/// shape, and both pods have its value.
+async fn generate_two_racing_pods_make_a_missing_ssm_value_once_and_both_read_it(bed: &Bed) -> Result<()> {
+    let ns = aws_namespace(bed, "inj-gen-ssm").await?;
+    let name = format!("/{ns}/session-key");
+    let a = ann(&[
+        ("keyhole.dev/store", "aws-gen"),
+        ("keyhole.dev/secret-key", &name),
+        ("keyhole.dev/generate-key", "length=48,alphabet=hex"),
+    ]);
+    let proxy = Proxy::start(&bed.moto_url).await?;
+    let stores = generating_stores(bed, &proxy.url, &bed.vault_addr)?;
+    let (v1, v2) = two_at_once(bed, &ns, &a, &stores, (&proxy, "AmazonSSM.GetParameters")).await?;
+    leaks::remember(v1.clone());
+    ensure!(v1 == v2, "the two pods read different values");
+    ensure!(proxy.count_of("AmazonSSM.PutParameter") == 2, "not both pods raced to write: {:?}", proxy.requests());
+    ensure!(v1.len() == 48 && v1.bytes().all(|c| c.is_ascii_hexdigit()), "the value is not 48 hex digits");
+    let got = bed.ssm_admin().await.get_parameter().name(&name).with_decryption(true).send().await?;
+    let p = got.parameter.context("no parameter")?;
+    ensure!(p.version == 1, "the parameter was written {} times", p.version);
+    ensure!(p.value.as_deref() == Some(v1.as_str()), "the pods' value is not the store's");
+    ensure!(p.r#type == Some(aws_sdk_ssm::types::ParameterType::SecureString), "not a SecureString");
+    Ok(())
+}
+
+/// Vault KV v2: the same race, made with check-and-set 0 (version 1).
+async fn generate_two_racing_pods_make_a_missing_vault_value_once_and_both_read_it(bed: &Bed) -> Result<()> {
+    let ns = vault_namespace(bed, "inj-gen-vault").await?;
+    // The role may create under its paths (and read), nothing else.
+    let hcl = format!("path \"secret/data/{ns}/*\" {{ capabilities = [\"read\", \"create\"] }}\n");
+    bed.vault("PUT", &format!("sys/policies/acl/{ns}"), Some(json!({"policy": hcl}))).await?;
+    let a = ann(&[
+        ("keyhole.dev/store", "vault-gen"),
+        ("keyhole.dev/role", &ns),
+        ("keyhole.dev/secret-key", &format!("secret/{ns}/session#key")),
+        ("keyhole.dev/generate-key", "bytes=32"),
+    ]);
+    let proxy = Proxy::start(&bed.vault_addr).await?;
+    let stores = generating_stores(bed, &bed.moto_url, &proxy.url)?;
+    let (v1, v2) = two_at_once(bed, &ns, &a, &stores, (&proxy, "POST /v1/auth/kubernetes/login")).await?;
+    leaks::remember(v1.clone());
+    ensure!(v1 == v2, "the two pods read different values");
+    let writes = proxy.count_of(&format!("POST /v1/secret/data/{ns}/session"));
+    eprintln!("    {writes} check-and-set writes for one made value");
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD.decode(&v1).map_err(|_| anyhow!("not base64"))?;
+    ensure!(raw.len() == 32, "{} bytes, not 32", raw.len());
+    let meta = bed.vault("GET", &format!("secret/metadata/{ns}/session"), None).await?;
+    ensure!(meta["data"]["current_version"] == 1, "the secret was written {} times", meta["data"]["current_version"]);
+    Ok(())
+}
+
+/// A value that exists is read, never written: no PutParameter at all
+/// (counted at a proxy), and the parameter keeps its one version.
+async fn generate_never_changes_an_existing_value(bed: &Bed) -> Result<()> {
+    let ns = aws_namespace(bed, "inj-gen-keep").await?;
+    let name = format!("/{ns}/session-key");
+    let existing = secret("gen-existing");
+    bed.put_ssm(&name, &existing).await?;
+    let proxy = Proxy::start(&bed.moto_url).await?;
+    let a = ann(&[
+        ("keyhole.dev/store", "aws-gen"),
+        ("keyhole.dev/secret-key", &name),
+        ("keyhole.dev/generate-key", "length=32"),
+    ]);
+    let pod = injected_pod(bed, &ns, &a, &generating_stores(bed, &proxy.url, &bed.vault_addr)?).await?;
+    let out = run(bed, &pod, &[]).await?;
+    ensure!(out.success(), "{}", out.describe());
+    check_file(&out, "key", &existing, 0o400)?;
+    ensure!(proxy.count_of("AmazonSSM.PutParameter") == 0, "a write reached SSM: {:?}", proxy.requests());
+    ensure!(proxy.count_of("AmazonSSM.GetParameters") == 1, "the control: no read was counted: {:?}", proxy.requests());
     Ok(())
 }
 
