@@ -168,6 +168,14 @@ struct Round {
     session_ok: bool,
 }
 
+impl Round {
+    /// Every reference failed with `e` (no session could be had); the
+    /// session's state is not at issue.
+    fn failed(refs: &BTreeSet<String>, e: LookupError) -> Round {
+        Round { answers: refs.iter().map(|r| (r.clone(), Err(e.clone()))).collect(), session_ok: true }
+    }
+}
+
 pub struct Backends {
     stores: Stores,
     token_dir: PathBuf,
@@ -393,10 +401,7 @@ impl Backends {
     ) -> Round {
         let client = match self.ssm_client(name, store, ctx).await {
             Ok(c) => c,
-            Err(e) => {
-                let answers = refs.iter().map(|r| (r.clone(), Err(e.clone()))).collect();
-                return Round { answers, session_ok: true };
-            }
+            Err(e) => return Round::failed(refs, e),
         };
         type Page = (Vec<String>, Result<HashMap<String, i64>, Failure>);
         let calls: Vec<BoxFuture<'_, Page>> = chunks(refs, SSM_NAMES_PER_CALL)
@@ -471,10 +476,7 @@ impl Backends {
     ) -> Round {
         let client = match self.secrets_client(name, store, ctx).await {
             Ok(c) => c,
-            Err(e) => {
-                let answers = refs.iter().map(|r| (r.clone(), Err(e.clone()))).collect();
-                return Round { answers, session_ok: true };
-            }
+            Err(e) => return Round::failed(refs, e),
         };
         let calls: Vec<BoxFuture<'_, (String, Answer)>> = refs
             .iter()
@@ -540,10 +542,7 @@ impl Backends {
     ) -> Round {
         let (session, mut mounts) = match self.vault_session(name, store, ctx).await {
             Ok(s) => s,
-            Err(e) => {
-                let answers = refs.iter().map(|r| (r.clone(), Err(e.clone()))).collect();
-                return Round { answers, session_ok: true };
-            }
+            Err(e) => return Round::failed(refs, e),
         };
         let mut out: BTreeMap<String, Answer> = BTreeMap::new();
         // Mounts not known yet: one look-up per first path segment, then one per

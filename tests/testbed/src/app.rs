@@ -121,6 +121,22 @@ pub fn field<'a>(report: &'a str, key: &str) -> Result<&'a str> {
     }
 }
 
+/// A dry-run create of an opted-in pod naming `store` (role: its namespace):
+/// admitted with the injector, or the refusal.
+pub async fn admit_dry_run(bed: &Bed, ns: &str, store: &str) -> Result<std::result::Result<(), String>> {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"generateName": "probe-", "annotations": {"keyhole.dev/inject": "true", "keyhole.dev/role": ns,
+            "keyhole.dev/store": store, "keyhole.dev/secret-x": format!("secret/{ns}/x#y")}},
+        "spec": {"containers": [{"name": "app", "image": image::APP_IMAGE}]}
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
+    Ok(match pods.create(&PostParams { dry_run: true, ..Default::default() }, &pod).await {
+        Ok(p) if p.spec.as_ref().is_some_and(|s| s.init_containers.is_some()) => Ok(()),
+        Ok(_) => Err("admitted without the injector".into()),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
 /// Opted-in pods created without pause (dry run: admission runs, nothing is
 /// stored) while something changes under the webhook: a certificate, an
 /// upgrade. [`AdmissionLoad::finish`] fails on any admission that failed or

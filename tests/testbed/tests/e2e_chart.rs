@@ -11,10 +11,10 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use keyhole_testbed::app::{AdmissionLoad, deploy, field, reports, rollout, sha256};
+use keyhole_testbed::app::{AdmissionLoad, admit_dry_run, deploy, field, reports, rollout, sha256};
 use keyhole_testbed::leaks::{self, secret};
-use keyhole_testbed::{Bed, e2e_tests, image, install};
-use kube::api::{Api, ListParams, PostParams};
+use keyhole_testbed::{Bed, e2e_tests, install};
+use kube::api::{Api, ListParams};
 use serde_json::json;
 
 const SA: &str = "default";
@@ -52,22 +52,6 @@ async fn webhook_pods(bed: &Bed) -> Result<Vec<String>> {
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| p.metadata.name.clone())
         .collect())
-}
-
-/// A dry-run create of an opted-in pod naming `store`: admitted with the
-/// injector, or the refusal.
-async fn admit(bed: &Bed, ns: &str, store: &str) -> Result<std::result::Result<(), String>> {
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"generateName": "probe-", "annotations": {"keyhole.dev/inject": "true", "keyhole.dev/role": ns,
-            "keyhole.dev/store": store, "keyhole.dev/secret-x": format!("secret/{ns}/x#y")}},
-        "spec": {"containers": [{"name": "app", "image": image::APP_IMAGE}]}
-    }))?;
-    let pods: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
-    Ok(match pods.create(&PostParams { dry_run: true, ..Default::default() }, &pod).await {
-        Ok(p) if p.spec.as_ref().is_some_and(|s| s.init_containers.is_some()) => Ok(()),
-        Ok(_) => Err("admitted without the injector".into()),
-        Err(e) => Err(e.to_string()),
-    })
 }
 
 /// The serving Secret's `(ca.crt, tls.crt)` and the caBundle of the pod webhook.
@@ -130,7 +114,7 @@ async fn helm_install_runs_keyhole_and_a_first_deployment_gets_its_values(bed: &
 async fn helm_upgrade_to_a_new_store_rolls_the_webhook_and_admits_every_pod_meanwhile(bed: &Bed) -> Result<()> {
     let ns = bed.namespace("chart-upgrade").await?;
     // Control: before the upgrade the store does not exist, and the webhook says so.
-    let before = admit(bed, &ns, "vault-b").await?;
+    let before = admit_dry_run(bed, &ns, "vault-b").await?;
     ensure!(
         before.as_ref().is_err_and(|e| e.contains("unknown store \"vault-b\"")),
         "before the upgrade, a pod naming vault-b: {before:?}"
@@ -166,7 +150,7 @@ async fn helm_upgrade_to_a_new_store_rolls_the_webhook_and_admits_every_pod_mean
     // The config checksum rolled the webhook: none of the old pods is left.
     let new = webhook_pods(bed).await?;
     ensure!(new.len() == 2 && new.iter().all(|p| !old.contains(p)), "webhook pods {old:?} -> {new:?}");
-    let after = admit(bed, &ns, "vault-b").await?;
+    let after = admit_dry_run(bed, &ns, "vault-b").await?;
     ensure!(after.is_ok(), "after the upgrade, a pod naming vault-b: {after:?}");
     // The certificate made at install is kept: same CA, same serving certificate.
     ensure!(tls_state(bed).await? == tls, "helm upgrade replaced the serving certificate or its CA");
@@ -217,7 +201,7 @@ async fn helm_uninstall_removes_keyhole_and_nothing_is_blocked_after(bed: &Bed) 
     ensure!(webhook_pods(bed).await?.is_empty(), "webhook pods left");
     // An opted-in pod is no longer sent anywhere: created as written.
     let ns = bed.namespace("chart-gone").await?;
-    let got = admit(bed, &ns, "vault").await?;
+    let got = admit_dry_run(bed, &ns, "vault").await?;
     ensure!(got.as_ref().is_err_and(|e| e == "admitted without the injector"), "after uninstall: {got:?}");
     Ok(())
 }

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use keyhole_contract::names;
-use keyhole_testbed::app::{AdmissionLoad, deploy, field, phase, reports, rollout, sha256, terminated};
+use keyhole_testbed::app::{AdmissionLoad, admit_dry_run, deploy, field, phase, reports, rollout, sha256, terminated};
 use keyhole_testbed::leaks::{self, secret};
 use keyhole_testbed::proc::wait_until;
 use keyhole_testbed::workload::secret_output_rbac;
@@ -472,21 +472,6 @@ async fn webhook_certificate_rotated_in_its_secret_no_admission_fails(bed: &Bed)
     Ok(())
 }
 
-/// Whether a dry-run pod naming `store` is admitted, else the refusal.
-async fn admitted_with_store(bed: &Bed, ns: &str, store: &str) -> Result<std::result::Result<(), String>> {
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"generateName": "cfg-", "annotations": {"keyhole.dev/inject": "true", "keyhole.dev/store": store,
-            "keyhole.dev/role": "r", "keyhole.dev/secret-x": format!("secret/{ns}/x#y")}},
-        "spec": {"containers": [{"name": "app", "image": image::APP_IMAGE}]}
-    }))?;
-    let pods: Api<Pod> = Api::namespaced(bed.client.clone(), ns);
-    Ok(match pods.create(&PostParams { dry_run: true, ..Default::default() }, &pod).await {
-        Ok(p) if p.spec.as_ref().is_some_and(|s| s.init_containers.is_some()) => Ok(()),
-        Ok(_) => Err("admitted without the injector".into()),
-        Err(e) => Err(e.to_string()),
-    })
-}
-
 /// The kustomize install has no checksum roll: the webhook re-reads its
 /// mounted ConfigMap, the rotation controller restarts itself on a changed one.
 /// An edit (a new store) is taken by both webhook replicas without a restart,
@@ -529,7 +514,7 @@ async fn the_config_edited_in_its_configmap_is_taken_without_a_restart_and_a_bro
     let webhooks_before = restarts("webhook").await?;
     let rotation_before = restarts("rotation").await?;
     ensure!(webhooks_before.len() == 2 && rotation_before.len() == 2, "{webhooks_before:?} {rotation_before:?}");
-    let refused = admitted_with_store(bed, &ns, "vault-new").await?;
+    let refused = admit_dry_run(bed, &ns, "vault-new").await?;
     ensure!(
         refused.as_ref().is_err_and(|e| e.contains("unknown store \"vault-new\"")),
         "the control: vault-new is not configured yet: {refused:?}"
@@ -553,7 +538,7 @@ async fn the_config_edited_in_its_configmap_is_taken_without_a_restart_and_a_bro
         wait_until("both webhook pods to log the reload", ROLLOUT, || logs_say("webhook", "config reloaded")).await?;
         for _ in 0..10 {
             // Both replicas answer behind the Service: ten in a row are admitted.
-            admitted_with_store(bed, &ns, "vault-new").await?.map_err(|e| anyhow::anyhow!("after the reload: {e}"))?;
+            admit_dry_run(bed, &ns, "vault-new").await?.map_err(|e| anyhow::anyhow!("after the reload: {e}"))?;
         }
         eprintln!("    the webhook took the new store {:.1?} after the ConfigMap edit", t0.elapsed());
         let restarted_once: Vec<_> = rotation_before.iter().map(|(uid, n)| (uid.clone(), n + 1)).collect();
@@ -572,9 +557,7 @@ async fn the_config_edited_in_its_configmap_is_taken_without_a_restart_and_a_bro
         })
         .await?;
         for _ in 0..10 {
-            admitted_with_store(bed, &ns, "vault-new")
-                .await?
-                .map_err(|e| anyhow::anyhow!("after the broken edit: {e}"))?;
+            admit_dry_run(bed, &ns, "vault-new").await?.map_err(|e| anyhow::anyhow!("after the broken edit: {e}"))?;
         }
         ensure!(restarts("webhook").await? == webhooks_before, "a webhook pod restarted or was replaced");
         ensure!(restarts("rotation").await? == restarted_once, "a rotation controller restarted on the broken config");
