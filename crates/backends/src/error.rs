@@ -106,6 +106,15 @@ impl Error {
         matches!(self, Error::ParametersNotFound { .. } | Error::VaultRead { class: Class::NotFound, .. })
     }
 
+    /// Whether this error says `reference` (as the plan writes it) does not exist.
+    pub fn says_missing(&self, reference: &str) -> bool {
+        match self {
+            Error::ParametersNotFound { names, .. } => names.0.iter().any(|n| n == reference),
+            Error::VaultRead { reference: r, class: Class::NotFound, .. } => r == reference,
+            _ => false,
+        }
+    }
+
     /// How a login failed (for the rotation controller's metrics); `None` for
     /// the errors that are not a backend's answer to a login.
     pub fn login_class(&self) -> Option<Class> {

@@ -42,16 +42,16 @@ pub fn make(recipe: &Recipe) -> SecretString {
                     out.push(chars[b as usize % chars.len()] as char);
                 }
             }
-            SecretString::from(out.to_string())
+            SecretString::from(std::mem::take(&mut *out))
         }
     }
 }
 
-/// For each item with a recipe: makes a value and writes it if absent.
-/// Failures are returned, not raised: the caller reads again, and reports
-/// the write's reason only for a value that is still missing.
-pub async fn write_missing(ctx: &Ctx, store: &Store, items: &[PlanItem]) -> Result<Vec<(String, Failure)>, Error> {
-    let wanted: Vec<&PlanItem> = items.iter().filter(|i| i.generate.is_some()).collect();
+/// For each of `items` (the missing ones with a recipe): makes a value and
+/// writes it if absent. Failures are returned, not raised: the caller reads
+/// again, and reports the write's reason only for a value still missing.
+pub async fn write_missing(ctx: &Ctx, store: &Store, items: &[&PlanItem]) -> Result<Vec<(String, Failure)>, Error> {
+    let wanted: Vec<&PlanItem> = items.iter().copied().filter(|i| i.generate.is_some()).collect();
     let mut failed = Vec::new();
     if wanted.is_empty() || !store.allow_generate() {
         return Ok(failed);

@@ -90,12 +90,17 @@ async fn get_current(client: &aws_sdk_secretsmanager::Client, ids: &[String]) ->
         .send()
         .await
         .map_err(|e| classify(&e))?;
+    if out.next_token.is_some() {
+        return Err(Failure::new(
+            Class::Permanent,
+            "BatchGetSecretValue answered with a next page, which keyhole does not ask for",
+        ));
+    }
     let mut got = Got::default();
     let entries: Vec<SecretValueEntry> = out.secret_values.unwrap_or_default();
     for e in entries {
         // Asked by name or by ARN (or both, in one call): the entry carries both.
-        let asked: Vec<&String> =
-            ids.iter().filter(|id| Some(id.as_str()) == e.name() || Some(id.as_str()) == e.arn()).collect();
+        let asked: Vec<&String> = ids.iter().filter(|id| answers(id, e.name(), e.arn())).collect();
         let raw = raw_of(e.secret_string, e.secret_binary);
         for id in asked {
             got.values.push(((id.clone(), SecretVersion::Current), raw.clone()));
@@ -117,6 +122,17 @@ async fn get_current(client: &aws_sdk_secretsmanager::Client, ids: &[String]) ->
         }
     }
     Ok(got)
+}
+
+/// Whether an entry (its name and full ARN) answers `id`: the name, the full
+/// ARN, or an ARN without the six random characters AWS appends.
+fn answers(id: &str, name: Option<&str>, arn: Option<&str>) -> bool {
+    if Some(id) == name || Some(id) == arn {
+        return true;
+    }
+    arn.and_then(|a| a.strip_prefix(id))
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|suffix| suffix.len() == 6 && suffix.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
 /// GetSecretValue of one pinned version.
@@ -240,3 +256,19 @@ pub async fn current_version(
 /// A client for the rotation controller's look-ups: its own session, kept
 /// across polls.
 pub use aws_sdk_secretsmanager::Client;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_answers_its_name_its_arn_and_its_partial_arn() {
+        let arn = "arn:aws:secretsmanager:eu-west-1:1:secret:shop/db-AbCdEf";
+        let (name, full) = (Some("shop/db"), Some(arn));
+        assert!(answers("shop/db", name, full));
+        assert!(answers(arn, name, full));
+        assert!(answers("arn:aws:secretsmanager:eu-west-1:1:secret:shop/db", name, full), "a partial ARN");
+        assert!(!answers("arn:aws:secretsmanager:eu-west-1:1:secret:shop", name, full), "another secret's prefix");
+        assert!(!answers("shop/db2", name, full));
+    }
+}

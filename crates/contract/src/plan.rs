@@ -147,6 +147,20 @@ pub fn build(spec: &InjectSpec, stores: &Stores, pod: &PodFacts) -> Result<Plan,
             )),
         }
     }
+    // One cas-0 write makes a Vault secret: a second generated field of the
+    // same secret could never be added.
+    let mut generated_paths: Vec<&str> = Vec::new();
+    for item in items.iter().filter(|i| i.generate.is_some()) {
+        if let Reference::Vault(r) = &item.reference {
+            if generated_paths.contains(&r.path.as_str()) {
+                problems.push(Problem::new(
+                    format!("{}{}", annotations::GENERATE_PREFIX, item.name),
+                    format!("another generated value is a field of {} already: keyhole makes one field per Vault secret; use another path", r.path),
+                ));
+            }
+            generated_paths.push(&r.path);
+        }
+    }
     if !role.is_empty() {
         let namespace = pod.namespace.as_deref().unwrap_or_default();
         match Scope::of(store_name, store.allow(), namespace, &role) {
@@ -491,6 +505,16 @@ mod tests {
             let err = plan(store, reference).unwrap_err();
             assert!(err.starts_with("keyhole.dev/generate-k: ") && err.contains(hint), "{store} {reference}: {err}");
         }
+        let two = spec(&[
+            ("keyhole.dev/inject", "true"),
+            ("keyhole.dev/store", "vault-gen"),
+            ("keyhole.dev/secret-a", "secret/app/s#a"),
+            ("keyhole.dev/generate-a", "length=32"),
+            ("keyhole.dev/secret-b", "secret/app/s#b"),
+            ("keyhole.dev/generate-b", "length=32"),
+        ]);
+        let err = build(&two, &stores, &PodFacts::default()).unwrap_err().to_string();
+        assert!(err.contains("keyhole.dev/generate-b: another generated value is a field of secret/app/s"), "{err}");
         let without = spec(&[("keyhole.dev/inject", "true"), ("keyhole.dev/secret-a", "/x")]);
         let mut a: BTreeMap<String, String> = [("keyhole.dev/generate-b".to_owned(), "length=32".to_owned())].into();
         a.extend([("keyhole.dev/inject".into(), "true".into()), ("keyhole.dev/secret-a".into(), "/x".into())]);

@@ -291,7 +291,7 @@ pub fn entries() -> Vec<Entry> {
             applies_to: "every opted-in pod; all outputs".into(),
             limits: vec![
                 "Needs `secret-<name>` beside it, on a store whose operator set `allowGenerate: true`; the pod's role then needs write access to those values (`ssm:PutParameter`; Vault `create` on `<mount>/data/<path>`).".into(),
-                "aws-ssm: the reference is a parameter name alone (no version, label or `#key`); it is made as a SecureString. vault: one field of a KV v2 secret (`<mount>/<path>#<field>`, no `?version=`); the secret is made holding that field only. aws-secretsmanager: not yet.".into(),
+                "aws-ssm: the reference is a parameter name alone (no version, label or `#key`); it is made as a SecureString. vault: one field of a KV v2 secret (`<mount>/<path>#<field>`, no `?version=`), one generated field per secret; the secret is made holding that field only. aws-secretsmanager: not yet.".into(),
                 "The write never overwrites (SSM `Overwrite=false`, Vault check-and-set 0): two pods starting at once make it once and read the same value. An existing value is never changed, and the recipe is not checked against it.".into(),
                 "Values come from the system's CSPRNG; characters are drawn without bias.".into(),
             ],

@@ -17,6 +17,7 @@ use std::time::Duration;
 use clap::Parser;
 use keyhole_backends::{Ctx, generate, secretsmanager, ssm, value, vault};
 use keyhole_contract::annotations::{self, InjectSpec};
+use keyhole_contract::plan::PlanItem;
 use keyhole_contract::{Plan, Store, names};
 use secrecy::SecretString;
 use tokio::time::Instant;
@@ -297,30 +298,45 @@ async fn fetch(
         }
     };
     let fetch = async {
-        match read().await {
-            Err(e) if e.is_missing() && plan.items.iter().any(|i| i.generate.is_some()) => {
-                // Made here, once across racing pods (writes never overwrite),
-                // then read like any value: a loser reads the winner's.
-                tracing::info!("a value with a recipe is missing: making it");
-                let failed = generate::write_missing(&ctx, &plan.store, &plan.items).await?;
-                match read().await {
-                    Err(again) if again.is_missing() => Err(match failed.into_iter().next() {
-                        Some((name, f)) => {
-                            let item = plan.items.iter().find(|i| i.name == name).expect("a planned item");
-                            keyhole_backends::Error::Generate {
-                                annotation: item.annotation(),
-                                store: ctx.store.clone(),
-                                reference: item.reference.to_string(),
-                                reason: f.reason,
-                            }
-                        }
-                        None => again,
-                    }),
-                    other => other,
+        // A missing value with a recipe is made here (writes never overwrite,
+        // so racing pods make it once) and read like any value: a loser reads
+        // the winner's. Only values the read said are missing are written;
+        // Vault names one missing path a read, so this may take a round each.
+        let mut result = read().await;
+        let mut tried: Vec<&str> = Vec::new();
+        loop {
+            let missing: Vec<&PlanItem> = match &result {
+                Err(e) if e.is_missing() => plan
+                    .items
+                    .iter()
+                    .filter(|i| i.generate.is_some() && !tried.contains(&i.name.as_str()))
+                    .filter(|i| e.says_missing(&i.reference.to_string()))
+                    .collect(),
+                _ => break,
+            };
+            if missing.is_empty() {
+                break;
+            }
+            tracing::info!(values = missing.len(), "values with a recipe are missing: making them");
+            tried.extend(missing.iter().map(|i| i.name.as_str()));
+            let failed = generate::write_missing(&ctx, &plan.store, &missing).await?;
+            result = read().await;
+            if let Err(again) = &result {
+                let lost = failed.into_iter().find_map(|(name, f)| {
+                    let item = missing.iter().find(|i| i.name == name)?;
+                    again.says_missing(&item.reference.to_string()).then_some((item, f))
+                });
+                if let Some((item, f)) = lost {
+                    return Err(keyhole_backends::Error::Generate {
+                        annotation: item.annotation(),
+                        store: ctx.store.clone(),
+                        reference: item.reference.to_string(),
+                        reason: f.reason,
+                    });
                 }
             }
-            other => other,
         }
+        result
     };
     // A backstop only: every call and retry already stops at the deadline, with
     // a better reason than this one.

@@ -81,7 +81,11 @@ impl Cli {
         let seen = std::fs::read(&config)
             .map_err(|source| ConfigError::Read { path: config.display().to_string(), source })?;
         let config_file = WatchedFile::new(config.clone(), seen.clone());
-        let config = Config::parse(&String::from_utf8_lossy(&seen)).map_err(|e| e.at(&config.display().to_string()))?;
+        let text = std::str::from_utf8(&seen).map_err(|e| ConfigError::Read {
+            path: config.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        let config = Config::parse(text).map_err(|e| e.at(&config.display().to_string()))?;
         let identity = identity
             .or_else(|| std::env::var("HOSTNAME").ok())
             .filter(|s| !s.is_empty())
@@ -114,12 +118,13 @@ async fn config_changed(mut file: WatchedFile, interval: Duration) {
         let path = file.path.display().to_string();
         let error = match file.look() {
             Change::Unchanged => continue,
-            Change::Changed(bytes) => match Config::parse(&String::from_utf8_lossy(bytes)) {
-                Ok(_) => {
+            Change::Changed(bytes) => match std::str::from_utf8(bytes).map(Config::parse) {
+                Err(e) => ConfigError::Read { path, source: std::io::Error::new(std::io::ErrorKind::InvalidData, e) },
+                Ok(Ok(_)) => {
                     tracing::info!(config = %path, "the config changed: stopping, to start again with it");
                     return;
                 }
-                Err(e) => e.at(&path),
+                Ok(Err(e)) => e.at(&path),
             },
             Change::Unreadable(source) => ConfigError::Read { path, source },
         };

@@ -542,6 +542,20 @@ async fn generate_never_changes_an_existing_value(bed: &Bed) -> Result<()> {
     check_file(&out, "key", &existing, 0o400)?;
     ensure!(proxy.count_of("AmazonSSM.PutParameter") == 0, "a write reached SSM: {:?}", proxy.requests());
     ensure!(proxy.count_of("AmazonSSM.GetParameters") == 1, "the control: no read was counted: {:?}", proxy.requests());
+
+    // Beside it, a missing value without a recipe: the pod fails naming that
+    // one, and the existing value (with a recipe) is not written either.
+    let mut b = a.clone();
+    b.insert("keyhole.dev/secret-other".into(), format!("/{ns}/not-there"));
+    let pod = injected_pod(bed, &ns, &b, &generating_stores(bed, &proxy.url, &bed.vault_addr)?).await?;
+    let out = run(bed, &pod, &[]).await?;
+    check_failed_cleanly(&out, &["keyhole.dev/secret-other", "no such parameter", &format!("/{ns}/not-there")])?;
+    ensure!(
+        !out.termination_log.contains("making it failed"),
+        "blamed on the generated value: {}",
+        out.termination_log
+    );
+    ensure!(proxy.count_of("AmazonSSM.PutParameter") == 0, "a write reached SSM: {:?}", proxy.requests());
     Ok(())
 }
 
