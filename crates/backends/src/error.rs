@@ -84,6 +84,41 @@ pub enum Error {
     #[error("{annotation}: {store}: the value of {reference} is missing, and making it failed: {reason}")]
     Generate { annotation: String, store: StoreRef, reference: String, reason: String },
 
+    #[error("{annotation}: {store}: listing {folder} failed: {reason}")]
+    FolderList { annotation: String, store: StoreRef, folder: String, reason: String, class: Class },
+
+    #[error(
+        "{annotation}: {store}: nothing under {folder}: create a value below it, or correct the folder (add ?recursive=true for the tree below it)"
+    )]
+    FolderEmpty { annotation: String, store: StoreRef, folder: String },
+
+    #[error(
+        "{annotation}: {store}: {folder} holds more than {max} values; keyhole takes at most {max} a path: name a narrower folder"
+    )]
+    FolderTooBig { annotation: String, store: StoreRef, folder: String, max: usize },
+
+    #[error(
+        "{annotation}: {store}: {leaf} would be {why}; rename it in the store, or name it alone in a keyhole.dev/secret-<name>"
+    )]
+    LeafName {
+        annotation: String,
+        store: StoreRef,
+        leaf: String,
+        /// `the key "<key>": <why not>`
+        why: String,
+    },
+
+    #[error(
+        "{annotations}: {store}: {both} would both be the key {key:?}: rename one in the store, or name one in a keyhole.dev/secret-<name> of another name"
+    )]
+    LeafCollision {
+        annotations: Joined,
+        store: StoreRef,
+        key: String,
+        /// `<first> and <second>`
+        both: String,
+    },
+
     #[error("{annotation}: {store}: {reference}: {reason}")]
     Field { annotation: String, store: StoreRef, reference: String, reason: FieldError },
 

@@ -8,8 +8,9 @@ use std::time::Duration;
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use keyhole_contract::plan::PlanItem;
-use keyhole_contract::reference::{Reference, SsmRef, SsmSelector};
+use keyhole_contract::annotations::MAX_PATH_LEAVES;
+use keyhole_contract::plan::{PlanItem, PlanPath};
+use keyhole_contract::reference::{FolderRef, Reference, SsmRef, SsmSelector};
 use keyhole_contract::store::SsmStore;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::task::JoinSet;
@@ -17,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::Ctx;
 use crate::error::{Error, Joined};
 use crate::retry::{Class, Failure, retry, transport_reason};
-use crate::value::{Values, item_value};
+use crate::value::{Fetched, Leaf, Values, item_value};
 
 /// SSM refuses more than ten names in one GetParameters.
 pub const BATCH_SIZE: usize = 10;
@@ -337,10 +338,110 @@ pub async fn client(ctx: &Ctx, store: &SsmStore) -> Result<aws_sdk_ssm::Client, 
     Ok(aws_sdk_ssm::Client::from_conf(conf.build()))
 }
 
-pub async fn fetch(ctx: &Ctx, store: &SsmStore, items: &[PlanItem]) -> Result<Values, Error> {
+/// Every leaf of `folder` with its value (GetParametersByPath with
+/// decryption, ten a page, page after page), at most `max`: one more is an
+/// error, and no page is asked for after it.
+pub async fn get_folder(
+    client: &aws_sdk_ssm::Client,
+    folder: &FolderRef,
+    max: usize,
+) -> Result<Vec<(String, SecretString)>, FolderFailure> {
+    let mut out = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let page = client
+            .get_parameters_by_path()
+            .path(&folder.path)
+            .recursive(folder.recursive)
+            .with_decryption(true)
+            .max_results(BATCH_SIZE as i32)
+            .set_next_token(next.take())
+            .send()
+            .await
+            .map_err(|e| FolderFailure::Call(classify(&e)))?;
+        for p in page.parameters.unwrap_or_default() {
+            if let (Some(name), Some(value)) = (p.name, p.value) {
+                out.push((name, SecretString::from(value)));
+            }
+        }
+        if out.len() > max {
+            return Err(FolderFailure::TooBig);
+        }
+        match page.next_token.filter(|t| !t.is_empty()) {
+            Some(t) => next = Some(t),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Why a folder could not be read or looked up.
+#[derive(Clone, Debug)]
+pub enum FolderFailure {
+    Call(Failure),
+    /// More than the cap of leaves.
+    TooBig,
+}
+
+impl FolderFailure {
+    /// The error of `path`'s annotation.
+    pub fn error(self, path: &PlanPath, store: &crate::StoreRef) -> Error {
+        match self {
+            FolderFailure::Call(f) => Error::FolderList {
+                annotation: path.annotation(),
+                store: store.clone(),
+                folder: path.folder.to_string(),
+                reason: f.reason,
+                class: f.class,
+            },
+            FolderFailure::TooBig => Error::FolderTooBig {
+                annotation: path.annotation(),
+                store: store.clone(),
+                folder: path.folder.to_string(),
+                max: MAX_PATH_LEAVES,
+            },
+        }
+    }
+}
+
+/// The items' values and the folders' leaves, on one session: the folders'
+/// pages run beside the items' batches.
+pub async fn fetch(ctx: &Ctx, store: &SsmStore, items: &[PlanItem], paths: &[PlanPath]) -> Result<Fetched, Error> {
     let refs = ssm_refs(items)?;
     let client = client(ctx, store).await?;
+    let mut folders = JoinSet::new();
+    for (index, path) in paths.iter().enumerate() {
+        let (client, path) = (client.clone(), path.clone());
+        folders.spawn(async move {
+            let r = get_folder(&client, &path.folder, MAX_PATH_LEAVES).await;
+            (index, path, r)
+        });
+    }
+    let values = fetch_items(ctx, &client, refs).await?;
+    let mut leaves = Vec::new();
+    let mut done = Vec::new();
+    while let Some(joined) = folders.join_next().await {
+        done.push(joined.map_err(|e| Error::Task { backend: "SSM", reason: e.to_string() })?);
+    }
+    done.sort_by_key(|(index, _, _)| *index);
+    for (index, path, r) in done {
+        let found = r.map_err(|f| f.error(&path, &ctx.store))?;
+        if found.is_empty() {
+            return Err(Error::FolderEmpty {
+                annotation: path.annotation(),
+                store: ctx.store.clone(),
+                folder: path.folder.to_string(),
+            });
+        }
+        leaves.extend(found.into_iter().map(|(full, value)| Leaf { path: index, full, value }));
+    }
+    Ok(Fetched { values, leaves })
+}
 
+async fn fetch_items(
+    ctx: &Ctx,
+    client: &aws_sdk_ssm::Client,
+    refs: Vec<(&PlanItem, &SsmRef)>,
+) -> Result<Values, Error> {
     let batches = batches(refs.iter().map(|(_, r)| *r));
     tracing::debug!(parameters = batches.iter().map(Vec::len).sum::<usize>(), batches = batches.len(), "fetching");
     let mut tasks = JoinSet::new();
@@ -462,6 +563,51 @@ pub async fn versions(
             if let Some(n) = p.name {
                 found.insert(n, p.version);
             }
+        }
+        match page.next_token.filter(|t| !t.is_empty()) {
+            Some(t) => next = Some(t),
+            None => return Ok(found),
+        }
+    }
+}
+
+/// The current version of every parameter in `folder` (at most `max`; one
+/// more is [`FolderFailure::TooBig`]): DescribeParameters with a Path filter
+/// (`Recursive` or `OneLevel`), every page. Metadata only, never a value.
+pub async fn folder_versions(
+    client: &aws_sdk_ssm::Client,
+    folder: &FolderRef,
+    max: usize,
+    deadline: tokio::time::Instant,
+    answered: impl Fn(Result<(), Class>),
+) -> Result<BTreeMap<String, i64>, FolderFailure> {
+    use aws_sdk_ssm::types::ParameterStringFilter;
+    let filter = ParameterStringFilter::builder()
+        .key("Path")
+        .option(if folder.recursive { "Recursive" } else { "OneLevel" })
+        .values(&folder.path)
+        .build()
+        .map_err(|e| FolderFailure::Call(Failure::new(Class::Permanent, e.to_string())))?;
+    let mut found = BTreeMap::new();
+    let mut next: Option<String> = None;
+    loop {
+        let call = client
+            .describe_parameters()
+            .parameter_filters(filter.clone())
+            .max_results(NAMES_PER_DESCRIBE as i32)
+            .set_next_token(next.take())
+            .customize()
+            .config_override(aws_sdk_ssm::config::Config::builder().timeout_config(timeouts(deadline)));
+        let page = call.send().await.map_err(|e| classify(&e));
+        answered(page.as_ref().map(drop).map_err(|f| f.class));
+        let page = page.map_err(FolderFailure::Call)?;
+        for p in page.parameters.unwrap_or_default() {
+            if let Some(n) = p.name {
+                found.insert(n, p.version);
+            }
+        }
+        if found.len() > max {
+            return Err(FolderFailure::TooBig);
         }
         match page.next_token.filter(|t| !t.is_empty()) {
             Some(t) => next = Some(t),

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use keyhole_contract::plan::PlanItem;
+use keyhole_contract::annotations;
+use keyhole_contract::plan::{PlanItem, PlanPath};
 
-use crate::error::{Error, FieldError, StoreRef};
+use crate::error::{Error, FieldError, Joined, StoreRef};
 
 /// Item name -> value, for writing and for templates.
 pub type Values = BTreeMap<String, SecretString>;
@@ -55,6 +56,91 @@ pub fn item_value(
     })
 }
 
+/// One leaf of a `path-<name>` folder: its whole name in the backend and its value.
+pub struct Leaf {
+    /// Index of its path in the plan's `paths`.
+    pub path: usize,
+    pub full: String,
+    pub value: SecretString,
+}
+
+/// What a fetch brought: the items' values by name, and the folders' leaves.
+#[derive(Default)]
+pub struct Fetched {
+    pub values: Values,
+    pub leaves: Vec<Leaf>,
+}
+
+/// The leaves as values, each under its key ([`FolderRef::leaf_key`]), beside
+/// the items' values. Refused, naming the leaf: a key that cannot be a file
+/// name (or, with `env_keys`, an environment variable, for Secret output), and
+/// two leaves or a leaf and an item or template of one key.
+///
+/// [`FolderRef::leaf_key`]: keyhole_contract::reference::FolderRef::leaf_key
+pub fn with_leaves(
+    fetched: Fetched,
+    paths: &[PlanPath],
+    templates: &[&str],
+    env_keys: bool,
+    store: &StoreRef,
+) -> Result<Values, Error> {
+    let Fetched { mut values, mut leaves } = fetched;
+    // Backends page in their own order: sorted, a clash is told alike every time.
+    leaves.sort_by(|a, b| (a.path, &a.full).cmp(&(b.path, &b.full)));
+    // key -> where it came from, for the collision's message.
+    let mut from: BTreeMap<String, (String, String)> = values
+        .keys()
+        .map(|k| {
+            (k.clone(), (annotations::InjectSpec::secret_annotation(k), format!("{}{k}", annotations::SECRET_PREFIX)))
+        })
+        .collect();
+    for t in templates {
+        from.insert(
+            t.to_string(),
+            (annotations::InjectSpec::template_annotation(t), annotations::InjectSpec::template_annotation(t)),
+        );
+    }
+    for leaf in leaves {
+        let path = &paths[leaf.path];
+        let annotation = path.annotation();
+        let name_error = |key: String, reason: String| Error::LeafName {
+            annotation: annotation.clone(),
+            store: store.clone(),
+            leaf: leaf.full.clone(),
+            why: format!("the key {key:?}: {reason}"),
+        };
+        let key = path
+            .folder
+            .leaf_key(&leaf.full)
+            .ok_or_else(|| name_error(String::new(), format!("it is not below {}", path.folder.folder())))?;
+        if let Err(e) = annotations::check_item_name(&key) {
+            return Err(name_error(key, e.to_string()));
+        }
+        if env_keys && !annotations::is_env_name(&key) {
+            let reason = format!(
+                "not an environment variable name, which Secret output needs for envFrom (letters, digits and _ only, not starting with a digit, like {})",
+                annotations::env_suggestion(&key)
+            );
+            return Err(name_error(key, reason));
+        }
+        if let Some((other_annotation, other)) = from.get(&key) {
+            let mut both = vec![other_annotation.clone()];
+            if *other_annotation != annotation {
+                both.push(annotation.clone());
+            }
+            return Err(Error::LeafCollision {
+                annotations: Joined(both),
+                store: store.clone(),
+                key,
+                both: format!("{other} and {}", leaf.full),
+            });
+        }
+        from.insert(key.clone(), (annotation, leaf.full));
+        values.insert(key, leaf.value);
+    }
+    Ok(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +156,48 @@ mod tests {
         assert_eq!(pick_field(&raw, "port").unwrap().expose_secret(), "5432");
         assert_eq!(pick_field(&raw, "opts").unwrap().expose_secret(), r#"{"ssl":true}"#);
         assert_eq!(select(&raw, None).unwrap().expose_secret(), raw.expose_secret());
+    }
+
+    fn leaf(path: usize, full: &str) -> Leaf {
+        Leaf { path, full: full.into(), value: s("v") }
+    }
+
+    #[test]
+    fn leaves_become_keys_below_their_folder_and_bad_or_clashing_keys_are_refused() {
+        use keyhole_contract::reference::FolderRef;
+        let store = StoreRef { name: "aws".into(), kind: keyhole_contract::StoreKind::AwsSsm };
+        let paths = vec![
+            PlanPath { name: "app".into(), folder: FolderRef { path: "/app".into(), recursive: true } },
+            PlanPath { name: "more".into(), folder: FolderRef { path: "/more".into(), recursive: false } },
+        ];
+        let mut items = Values::new();
+        items.insert("pw".into(), s("x"));
+        let fetched = |leaves: Vec<Leaf>| Fetched { values: items.clone(), leaves };
+        let ok =
+            with_leaves(fetched(vec![leaf(0, "/app/db/user"), leaf(1, "/more/API_KEY")]), &paths, &[], true, &store)
+                .unwrap();
+        assert_eq!(ok.keys().collect::<Vec<_>>(), ["API_KEY", "db_user", "pw"]);
+
+        let err = |leaves: Vec<Leaf>, templates: &[&str], env: bool| {
+            with_leaves(fetched(leaves), &paths, templates, env, &store).unwrap_err().to_string()
+        };
+        assert_eq!(
+            err(vec![leaf(0, "/app/a_b"), leaf(0, "/app/a/b")], &[], false),
+            r#"keyhole.dev/path-app: store "aws" (aws-ssm): /app/a/b and /app/a_b would both be the key "a_b": rename one in the store, or name one in a keyhole.dev/secret-<name> of another name"#
+        );
+        let text = err(vec![leaf(1, "/more/pw")], &[], false);
+        assert!(text.starts_with("keyhole.dev/secret-pw, keyhole.dev/path-more: "), "{text}");
+        assert!(text.contains("keyhole.dev/secret-pw and /more/pw would both be the key \"pw\""), "{text}");
+        assert!(err(vec![leaf(0, "/app/conf")], &["conf"], false).contains("keyhole.dev/template-conf and /app/conf"));
+        let text = err(vec![leaf(0, "/app/db-url")], &[], true);
+        assert!(text.contains(r#"/app/db-url would be the key "db-url": not an environment variable name"#), "{text}");
+        assert!(text.contains("like db_url"), "{text}");
+        assert!(
+            err(vec![leaf(0, "/app/.hidden")], &[], false)
+                .contains(r#"/app/.hidden would be the key ".hidden": name ".hidden" starts with '.'"#)
+        );
+        // The control: the same leaves as files only are fine.
+        assert!(with_leaves(fetched(vec![leaf(0, "/app/db-url")]), &paths, &[], false, &store).is_ok());
     }
 
     #[test]

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyhole_contract::plan::PlanItem;
-use keyhole_contract::reference::{Reference, VaultRef};
+use keyhole_contract::annotations::MAX_PATH_LEAVES;
+use keyhole_contract::plan::{PlanItem, PlanPath};
+use keyhole_contract::reference::{FolderRef, Reference, VaultRef};
 use keyhole_contract::store::{VaultAuthMethod, VaultStore};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -17,7 +18,8 @@ use vaultrs::error::ClientError;
 use crate::Ctx;
 use crate::error::{Error, VaultClientError};
 use crate::retry::{Class, Failure, retry, transport_reason};
-use crate::value::{Values, item_value};
+use crate::ssm::FolderFailure;
+use crate::value::{Fetched, Leaf, Values, item_value};
 
 /// A KV mount as `sys/internal/ui/mounts/<path>` describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,6 +214,68 @@ impl Session {
         self.send_body(reqwest::Method::POST, &format!("{}/data/{rel}", mount.name()), Some(&body)).await.map(drop)
     }
 
+    /// Every secret in `folder` on `mount`, by its whole path (`secret/app/db`):
+    /// `LIST` of the folder (of `<mount>/metadata/` on KV v2), and of each
+    /// sub-folder's when recursive, at most `max` secrets and as many lists.
+    /// A folder Vault does not know (404) is empty.
+    pub async fn list_folder(
+        &self,
+        mount: &Mount,
+        folder: &FolderRef,
+        max: usize,
+        deadline: tokio::time::Instant,
+        answered: impl Fn(Result<(), Class>),
+    ) -> Result<Vec<String>, FolderFailure> {
+        let start = folder.folder();
+        let start = start.strip_prefix(mount.path.as_str()).unwrap_or_default().to_owned();
+        let api = if mount.version == 2 { format!("{}/metadata/", mount.name()) } else { format!("{}/", mount.name()) };
+        let mut todo = vec![start];
+        let mut found = Vec::new();
+        let mut lists = 0;
+        while let Some(rel) = todo.pop() {
+            lists += 1;
+            if lists > max {
+                return Err(FolderFailure::TooBig);
+            }
+            let url = format!("{api}{rel}?list=true");
+            let listed = retry(deadline, "KV list", || {
+                let request = self.get_json(&url);
+                async {
+                    let r = match tokio::time::timeout_at(deadline, request).await {
+                        Ok(r) => r,
+                        Err(_) => Err(Failure::new(Class::Timeout, "the deadline passed during the request")),
+                    };
+                    answered(r.as_ref().map(drop).map_err(|f| f.class));
+                    r
+                }
+            })
+            .await;
+            let body = match listed {
+                Ok(body) => body,
+                Err(f) if f.class == Class::NotFound => continue,
+                Err(f) => return Err(FolderFailure::Call(f)),
+            };
+            let keys = body.get("data").and_then(|d| d.get("keys")).and_then(Value::as_array);
+            for key in keys.into_iter().flatten().filter_map(Value::as_str) {
+                if key.is_empty() || key.starts_with('/') {
+                    continue;
+                }
+                if let Some(sub) = key.strip_suffix('/') {
+                    if folder.recursive && !sub.is_empty() {
+                        todo.push(format!("{rel}{key}"));
+                    }
+                } else {
+                    found.push(format!("{}{rel}{key}", mount.path));
+                    if found.len() > max {
+                        return Err(FolderFailure::TooBig);
+                    }
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
     async fn read(&self, mount: &Mount, rel: &str, version: Option<u64>) -> Result<SecretString, Failure> {
         let m = mount.name();
         let data: Value = match (mount.version, version) {
@@ -309,16 +373,88 @@ pub async fn revoke(session: &Session, store: &crate::StoreRef, deadline: tokio:
     }
 }
 
-/// Logs in, reads every item, and revokes the token whatever the reads gave:
-/// the injector needs it for nothing after.
-pub async fn fetch(ctx: &Ctx, store: &VaultStore, items: &[PlanItem]) -> Result<Values, Error> {
+/// Logs in, reads every item and every folder's secrets, and revokes the
+/// token whatever the reads gave: the injector needs it for nothing after.
+pub async fn fetch(ctx: &Ctx, store: &VaultStore, items: &[PlanItem], paths: &[PlanPath]) -> Result<Fetched, Error> {
     let refs = vault_refs(items)?;
     let session = Arc::new(login(ctx, store).await?);
-    let values = read_all(ctx, &session, &refs).await;
+    let values = async {
+        let values = read_all(ctx, &session, &refs).await?;
+        let leaves = read_folders(ctx, &session, paths).await?;
+        Ok(Fetched { values, leaves })
+    }
+    .await;
     // Its own 2 s: slow reads may have spent the deadline, and a token left
     // alive lives to its TTL.
     let _ = revoke(&session, &ctx.store, tokio::time::Instant::now() + Duration::from_secs(2)).await;
     values
+}
+
+/// Each folder: its mount, its listing, then every secret in it, read whole
+/// (a JSON object, like a reference without #field), all folders' reads at once.
+async fn read_folders(ctx: &Ctx, session: &Arc<Session>, paths: &[PlanPath]) -> Result<Vec<Leaf>, Error> {
+    let mut listed = JoinSet::new();
+    for (index, path) in paths.iter().enumerate() {
+        let (session, ctx, path) = (session.clone(), ctx.clone(), path.clone());
+        listed.spawn(async move {
+            let annotation = path.annotation();
+            let mount =
+                retry(ctx.deadline, "mount look-up", || session.mount_of(&path.folder.path)).await.map_err(|f| {
+                    Error::VaultMount {
+                        annotation: annotation.clone(),
+                        store: ctx.store.clone(),
+                        path: path.folder.folder(),
+                        reason: f.reason,
+                    }
+                })?;
+            if !mount.is_kv() {
+                return Err(Error::NotKv {
+                    annotation,
+                    store: ctx.store.clone(),
+                    path: path.folder.folder(),
+                    mount_type: mount.kind.clone(),
+                });
+            }
+            let found = session
+                .list_folder(&mount, &path.folder, MAX_PATH_LEAVES, ctx.deadline, |_| {})
+                .await
+                .map_err(|f| f.error(&path, &ctx.store))?;
+            if found.is_empty() {
+                return Err(Error::FolderEmpty {
+                    annotation,
+                    store: ctx.store.clone(),
+                    folder: path.folder.to_string(),
+                });
+            }
+            Ok((index, mount, found))
+        });
+    }
+    let mut reads = JoinSet::new();
+    while let Some(joined) = listed.join_next().await {
+        let (index, mount, found) = joined.map_err(|e| Error::Task { backend: "Vault", reason: e.to_string() })??;
+        for full in found {
+            let (session, ctx, mount) = (session.clone(), ctx.clone(), mount.clone());
+            reads.spawn(async move {
+                let rel = mount.relative(&full).unwrap_or_default().to_owned();
+                let r = retry(ctx.deadline, "KV read", || session.read(&mount, &rel, None)).await;
+                (index, full, r)
+            });
+        }
+    }
+    let mut leaves = Vec::new();
+    while let Some(joined) = reads.join_next().await {
+        let (index, full, r) = joined.map_err(|e| Error::Task { backend: "Vault", reason: e.to_string() })?;
+        let value = r.map_err(|f| Error::VaultRead {
+            annotation: paths[index].annotation(),
+            store: ctx.store.clone(),
+            reference: full.clone(),
+            reason: f.reason,
+            class: f.class,
+        })?;
+        leaves.push(Leaf { path: index, full, value });
+    }
+    leaves.sort_by(|a, b| (a.path, &a.full).cmp(&(b.path, &b.full)));
+    Ok(leaves)
 }
 
 async fn read_all(ctx: &Ctx, session: &Arc<Session>, refs: &[(&PlanItem, &VaultRef)]) -> Result<Values, Error> {

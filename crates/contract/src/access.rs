@@ -104,10 +104,16 @@ impl<'a> Scope<'a> {
 
     /// Whether the scope lets `reference` be read; the error lists what it lets.
     pub fn check(&self, store: &str, namespace: &str, reference: &Reference) -> Result<(), AccessError> {
+        self.check_path(store, namespace, path_of(reference))
+    }
+
+    /// Whether the scope lets `path` be read: a reference's path, or a folder
+    /// with its trailing `/` (then only a grant of a folder at or above it
+    /// covers it, as it covers every leaf below).
+    pub fn check_path(&self, store: &str, namespace: &str, path: &str) -> Result<(), AccessError> {
         let Some(grants) = &self.grants else {
             return Ok(());
         };
-        let path = path_of(reference);
         if grants.iter().any(|g| g.lets_path(path)) {
             return Ok(());
         }

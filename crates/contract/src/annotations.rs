@@ -32,6 +32,10 @@ pub const TEMPLATE_PREFIX: &str = "keyhole.dev/template-";
 /// Prefix family: `generate-<name>` is the recipe of `secret-<name>`'s value,
 /// made and stored in the backend by the first pod that finds it missing.
 pub const GENERATE_PREFIX: &str = "keyhole.dev/generate-";
+/// Prefix family: `path-<name>` names a folder (an SSM path, a Vault KV v2
+/// folder); each leaf below it is a value, its key the leaf's name below the
+/// folder with `/` written as `_`.
+pub const PATH_PREFIX: &str = "keyhole.dev/path-";
 /// Written by the webhook on injected pods (makes injection idempotent).
 pub const STATUS: &str = "keyhole.dev/status";
 /// Written by the rotation controller on pod templates: digest of the versions.
@@ -48,6 +52,11 @@ pub const MAX_CONTAINER_NAMES: usize = 100;
 /// controller makes one look-up per reference, so one workload's count bounds
 /// its share of every poll.
 pub const MAX_REFERENCES: usize = 100;
+/// Most `path-*` annotations one pod may have: each is a listing per poll.
+pub const MAX_PATHS: usize = 10;
+/// Most leaves one path may hold: the injector refuses a folder with more
+/// (it stops reading at one more), and so does the rotation controller.
+pub const MAX_PATH_LEAVES: usize = 100;
 
 /// Every key a user may write, for the "unknown annotation" hint.
 const USER_KEYS: &[&str] = &[INJECT, STORE, ROLE, OUTPUT, MOUNT_PATH, CONTAINERS, FILE_MODE, ROTATE, REFRESH_INTERVAL];
@@ -143,6 +152,13 @@ pub struct SecretItem {
     pub generate: Option<crate::generate::Recipe>,
 }
 
+/// One `path-<name>` annotation, its folder not yet parsed (that needs the store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathItem {
+    pub name: String,
+    pub folder: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TemplateItem {
     pub name: String,
@@ -155,6 +171,7 @@ pub struct InjectSpec {
     pub store: Option<String>,
     pub role: Option<String>,
     pub secrets: Vec<SecretItem>,
+    pub paths: Vec<PathItem>,
     pub templates: Vec<TemplateItem>,
     pub output: Output,
     pub mount_path: String,
@@ -171,6 +188,9 @@ impl InjectSpec {
     }
     pub fn template_annotation(name: &str) -> String {
         format!("{TEMPLATE_PREFIX}{name}")
+    }
+    pub fn path_annotation(name: &str) -> String {
+        format!("{PATH_PREFIX}{name}")
     }
 }
 
@@ -202,6 +222,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<InjectSpec
         store: None,
         role: None,
         secrets: Vec::new(),
+        paths: Vec::new(),
         templates: Vec::new(),
         output: Output::Files,
         mount_path: DEFAULT_MOUNT_PATH.to_owned(),
@@ -269,6 +290,12 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<InjectSpec
                             generate: None,
                         }),
                     }
+                } else if let Some(name) = short.strip_prefix("path-") {
+                    match (check_item_name(name), non_empty(value)) {
+                        (Err(e), _) => bad(e.to_string()),
+                        (_, None) => bad("empty path: write the folder whose values you want, like /app/ or secret/app/".into()),
+                        (Ok(()), Some(v)) => spec.paths.push(PathItem { name: name.to_owned(), folder: v.to_owned() }),
+                    }
                 } else if let Some(name) = short.strip_prefix("generate-") {
                     match crate::generate::Recipe::parse(value) {
                         Ok(recipe) => recipes.push((key.clone(), name.to_owned(), recipe)),
@@ -304,6 +331,15 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<InjectSpec
             ),
         ));
     }
+    if spec.paths.len() > MAX_PATHS {
+        problems.push(Problem::new(
+            format!("{PATH_PREFIX}*"),
+            format!(
+                "{} paths; keyhole takes at most {MAX_PATHS} a pod: name their common parent once, with ?recursive=true",
+                spec.paths.len()
+            ),
+        ));
+    }
     for t in &spec.templates {
         if spec.secrets.iter().any(|s| s.name == t.name) {
             problems.push(Problem::new(
@@ -312,10 +348,12 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<InjectSpec
             ));
         }
     }
-    if spec.secrets.is_empty() && spec.templates.is_empty() && problems.is_empty() {
+    if spec.secrets.is_empty() && spec.paths.is_empty() && spec.templates.is_empty() && problems.is_empty() {
         problems.push(Problem::new(
             INJECT,
-            format!("the pod opts in but declares no value: add {SECRET_PREFIX}<name>: <reference>"),
+            format!(
+                "the pod opts in but declares no value: add {SECRET_PREFIX}<name>: <reference> (or {PATH_PREFIX}<name>: <folder>)"
+            ),
         ));
     }
     if spec.output.secret() {
@@ -346,11 +384,15 @@ fn unknown_key_hint(short: &str) -> String {
     known.push(format!("{SECRET_PREFIX}<name>"));
     known.push(format!("{TEMPLATE_PREFIX}<name>"));
     known.push(format!("{GENERATE_PREFIX}<name>"));
+    known.push(format!("{PATH_PREFIX}<name>"));
     let close = USER_KEYS
         .iter()
         .map(|k| k.strip_prefix(PREFIX).unwrap_or(k))
-        .chain(["secret-<name>", "template-<name>", "generate-<name>"])
-        .find(|k| edit_distance(k, short) <= 2 || (short.starts_with("secret") && k.starts_with("secret")));
+        .chain(["secret-<name>", "template-<name>", "generate-<name>", "path-<name>"])
+        .find(|k| {
+            edit_distance(k, short) <= 2
+                || ["secret", "path"].iter().any(|family| short.starts_with(family) && k.starts_with(family))
+        });
     match close {
         Some(k) => format!("unknown annotation: did you mean {PREFIX}{k}?"),
         None => format!("unknown annotation: keyhole knows {}", known.join(", ")),
@@ -409,6 +451,13 @@ pub enum ValueError {
 const MOUNT_HINT: &str = "write an absolute directory like /keyhole/secrets";
 const MODE_HINT: &str = "write a read-only octal mode like 0400, 0440 or 0444";
 
+/// Whether `name` can be an environment variable (what Secret output's envFrom needs).
+pub fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// An item name is a file name on the tmpfs and a key in the Secret.
 pub fn check_item_name(name: &str) -> Result<(), ValueError> {
     if name.is_empty() {
@@ -426,13 +475,7 @@ pub fn check_item_name(name: &str) -> Result<(), ValueError> {
     Ok(())
 }
 
-fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn env_suggestion(name: &str) -> String {
+pub fn env_suggestion(name: &str) -> String {
     let mut s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
         s.insert(0, '_');
@@ -509,6 +552,23 @@ mod tests {
         a.insert(format!("{SECRET_PREFIX}one_more"), "/p/x".into());
         let text = parse(&a).unwrap_err().to_string();
         assert!(text.starts_with("keyhole.dev/secret-*: 101 references; keyhole takes at most 100"), "{text}");
+    }
+
+    #[test]
+    fn paths_parse_and_are_capped() {
+        let mut a = ann(&[(INJECT, "true"), ("keyhole.dev/path-app", "/app/?recursive=true")]);
+        let s = parse(&a).unwrap().unwrap();
+        assert_eq!(s.paths, vec![PathItem { name: "app".into(), folder: "/app/?recursive=true".into() }]);
+        assert!(s.secrets.is_empty(), "a path alone is a pod's values");
+        for i in 0..MAX_PATHS {
+            a.insert(format!("{PATH_PREFIX}p{i}"), format!("/p{i}/"));
+        }
+        let text = parse(&a).unwrap_err().to_string();
+        assert!(text.starts_with("keyhole.dev/path-*: 11 paths; keyhole takes at most 10"), "{text}");
+        let empty = ann(&[(INJECT, "true"), ("keyhole.dev/path-app", " ")]);
+        assert!(parse(&empty).unwrap_err().to_string().contains("keyhole.dev/path-app: empty path"));
+        let typo = ann(&[(INJECT, "true"), ("keyhole.dev/paths-app", "/app/")]);
+        assert!(parse(&typo).unwrap_err().to_string().contains("did you mean keyhole.dev/path-<name>?"));
     }
 
     #[test]

@@ -12,11 +12,16 @@ use sha2::{Digest, Sha256};
 use crate::access::{AccessError, Scope};
 use crate::annotations::{self, InjectSpec, Problem, Problems};
 use crate::names;
-use crate::reference::Reference;
+use crate::reference::{FolderRef, Reference};
 use crate::store::{Store, Stores};
 
-/// Bumped when the plan's shape changes incompatibly; the injector refuses others.
-pub const PLAN_VERSION: u32 = 1;
+/// The newest plan shape; the injector refuses newer ones. A plan says the
+/// oldest version that can carry it: 1 without paths (what every plan was
+/// before them), 2 with, so an older injector refuses a plan it would read
+/// only in part rather than leave the folders' files out.
+pub const PLAN_VERSION: u32 = 2;
+/// The shape before `path-<name>`.
+const PLAN_VERSION_WITHOUT_PATHS: u32 = 1;
 /// Default total deadline for the injector's work, retries included.
 pub const DEFAULT_DEADLINE_SECONDS: u64 = 60;
 
@@ -38,6 +43,8 @@ pub struct Plan {
     pub file_mode: u32,
     pub items: Vec<PlanItem>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PlanPath>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub templates: Vec<PlanTemplate>,
     pub deadline_seconds: u64,
 }
@@ -54,6 +61,19 @@ pub struct PlanItem {
 impl PlanItem {
     pub fn annotation(&self) -> String {
         InjectSpec::secret_annotation(&self.name)
+    }
+}
+
+/// A `path-<name>`: every leaf of the folder is a value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanPath {
+    pub name: String,
+    pub folder: FolderRef,
+}
+
+impl PlanPath {
+    pub fn annotation(&self) -> String {
+        InjectSpec::path_annotation(&self.name)
     }
 }
 
@@ -147,6 +167,16 @@ pub fn build(spec: &InjectSpec, stores: &Stores, pod: &PodFacts) -> Result<Plan,
             )),
         }
     }
+    let mut paths = Vec::with_capacity(spec.paths.len());
+    for p in &spec.paths {
+        match FolderRef::parse(store.kind(), &p.folder) {
+            Ok(folder) => paths.push(PlanPath { name: p.name.clone(), folder }),
+            Err(e) => problems.push(Problem::new(
+                InjectSpec::path_annotation(&p.name),
+                format!("bad {} folder for store {store_name:?}: {e}", store.kind().as_str()),
+            )),
+        }
+    }
     // One cas-0 write makes a Vault secret: a second generated field of the
     // same secret could never be added.
     let mut generated_paths: Vec<&str> = Vec::new();
@@ -168,6 +198,11 @@ pub fn build(spec: &InjectSpec, stores: &Stores, pod: &PodFacts) -> Result<Plan,
                 for item in &items {
                     if let Err(e) = scope.check(store_name, namespace, &item.reference) {
                         problems.push(Problem::new(item.annotation(), e.to_string()));
+                    }
+                }
+                for path in &paths {
+                    if let Err(e) = scope.check_path(store_name, namespace, &path.folder.folder()) {
+                        problems.push(Problem::new(path.annotation(), e.to_string()));
                     }
                 }
             }
@@ -204,7 +239,7 @@ pub fn build(spec: &InjectSpec, stores: &Stores, pod: &PodFacts) -> Result<Plan,
     });
 
     Ok(Plan {
-        version: PLAN_VERSION,
+        version: if paths.is_empty() { PLAN_VERSION_WITHOUT_PATHS } else { PLAN_VERSION },
         store_name: store_name.to_owned(),
         store: store.for_plan(),
         role,
@@ -213,6 +248,7 @@ pub fn build(spec: &InjectSpec, stores: &Stores, pod: &PodFacts) -> Result<Plan,
         secret,
         file_mode: spec.file_mode.unwrap_or(if pod.uid_known { 0o400 } else { 0o444 }),
         items,
+        paths,
         templates: spec
             .templates
             .iter()
@@ -287,6 +323,8 @@ impl Plan {
             kind: &'a str,
             role: &'a str,
             items: &'a [PlanItem],
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            paths: &'a [PlanPath],
             templates: &'a [PlanTemplate],
             namespace: &'a str,
             owner_uid: &'a str,
@@ -296,6 +334,7 @@ impl Plan {
             kind: self.store.kind().as_str(),
             role: &self.role,
             items: &self.items,
+            paths: &self.paths,
             templates: &self.templates,
             namespace,
             owner_uid,
@@ -315,7 +354,7 @@ impl Plan {
 
     pub fn from_json(s: &str) -> Result<Self, PlanError> {
         let plan: Plan = serde_json::from_str(s).map_err(PlanError::Json)?;
-        if plan.version != PLAN_VERSION {
+        if plan.version > PLAN_VERSION || plan.version == 0 {
             return Err(PlanError::Version { found: plan.version });
         }
         Ok(plan)
@@ -327,7 +366,9 @@ impl Plan {
 pub enum PlanError {
     #[error("the plan is not valid JSON of keyhole's plan: {0}")]
     Json(#[source] serde_json::Error),
-    #[error("plan version {found} is not {PLAN_VERSION}: the injector image and the webhook differ in version")]
+    #[error(
+        "plan version {found} is not one this injector reads (1 to {PLAN_VERSION}): the injector image and the webhook differ in version"
+    )]
     Version { found: u32 },
 }
 
@@ -363,6 +404,37 @@ mod tests {
         let unknown_uid = build(&s, &stores(), &PodFacts::default()).unwrap();
         assert_eq!(unknown_uid.file_mode, 0o444);
         assert_eq!(plan.digest("ns", "u"), unknown_uid.digest("ns", "u"), "file mode does not change the values");
+    }
+
+    #[test]
+    fn a_plan_with_paths_says_version_2_and_one_without_stays_1() {
+        let without = spec(&[("keyhole.dev/inject", "true"), ("keyhole.dev/secret-pw", "secret/app/db#password")]);
+        let plain = build(&without, &stores(), &PodFacts::default()).unwrap();
+        assert_eq!(plain.version, 1);
+        assert!(!plain.to_json().contains("paths"), "{}", plain.to_json());
+        let with = spec(&[
+            ("keyhole.dev/inject", "true"),
+            ("keyhole.dev/store", "aws"),
+            ("keyhole.dev/role", "arn:aws:iam::1:role/app"),
+            ("keyhole.dev/path-app", "/app/?recursive=true"),
+        ]);
+        let plan = build(&with, &stores(), &PodFacts::default()).unwrap();
+        assert_eq!(plan.version, 2);
+        assert_eq!(
+            plan.paths,
+            vec![PlanPath { name: "app".into(), folder: FolderRef { path: "/app".into(), recursive: true } }]
+        );
+        assert_eq!(Plan::from_json(&plan.to_json()).unwrap(), plan);
+        let mut other = plan.clone();
+        other.paths[0].folder.recursive = false;
+        assert_ne!(other.digest("ns", "u"), plan.digest("ns", "u"), "the folders are in the digest");
+        let newer = plan.to_json().replace(r#""version":2"#, r#""version":3"#);
+        assert!(
+            Plan::from_json(&newer).unwrap_err().to_string().contains("plan version 3 is not one this injector reads")
+        );
+        let bad = spec(&[("keyhole.dev/inject", "true"), ("keyhole.dev/path-app", "secret/app#pw")]);
+        let text = build(&bad, &stores(), &PodFacts::default()).unwrap_err().to_string();
+        assert!(text.starts_with("keyhole.dev/path-app: bad vault folder for store \"vault\""), "{text}");
     }
 
     #[test]
@@ -459,6 +531,15 @@ mod tests {
         assert_eq!(
             text,
             r#"keyhole.dev/secret-pw: store "vault" lets namespace "team-a" read secret/team-a/ only; "secret/team-b/db" is outside"#
+        );
+        // A folder is inside only if a granted folder covers all of it.
+        let folder = |f: &str| spec(&[("keyhole.dev/inject", "true"), ("keyhole.dev/path-all", f)]);
+        assert!(build(&folder("secret/team-a/app/?recursive=true"), &stores, &facts("team-a")).is_ok());
+        assert!(build(&folder("secret/team-a/"), &stores, &facts("team-a")).is_ok());
+        let text = build(&folder("secret/?recursive=true"), &stores, &facts("team-a")).unwrap_err().to_string();
+        assert_eq!(
+            text,
+            r#"keyhole.dev/path-all: store "vault" lets namespace "team-a" read secret/team-a/ only; "secret/" is outside"#
         );
         let admin = spec(&[
             ("keyhole.dev/inject", "true"),

@@ -6,6 +6,10 @@
 //!   `#field` gives the whole secret as a JSON object.
 //! - aws-secretsmanager: a secret's name or ARN, `?version-stage=AWSPREVIOUS` or
 //!   `?version-id=<id>` to pin one version, `#key` for one field of a JSON secret.
+//!
+//! And in `path-<name>` annotations, a folder whose every leaf is a value
+//! ([`FolderRef`]): an SSM path `/app/`, a Vault KV v2 folder `secret/app/`,
+//! with `?recursive=true` for the whole tree below it.
 
 use std::fmt;
 
@@ -58,6 +62,16 @@ pub enum ReferenceError {
     SecretArn(String),
     #[error("unknown query {0:?}: {SM_EXAMPLE}")]
     SecretQuery(String),
+    #[error("{0:?} is the root of every parameter: {FOLDER_EXAMPLE}")]
+    RootFolder(String),
+    #[error("unknown query {0:?}: only ?recursive=true or ?recursive=false; {FOLDER_EXAMPLE}")]
+    FolderQuery(String),
+    #[error("{0:?} has {1:?}: a path names a folder, never one version or field; {FOLDER_EXAMPLE}")]
+    FolderSelector(String, char),
+    #[error(
+        "aws-secretsmanager stores have no folders: name each secret in its own keyhole.dev/secret-<name>, or keep related values in one JSON secret"
+    )]
+    NoFolders,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -356,6 +370,105 @@ impl fmt::Display for SecretRef {
     }
 }
 
+const FOLDER_EXAMPLE: &str =
+    "write a folder like /app/ (aws-ssm) or secret/app/ (vault), with ?recursive=true for everything below it";
+
+/// A folder whose every leaf is a value: an SSM parameter path (GetParametersByPath)
+/// or a Vault KV v2 folder (list, then read). One level, or the whole tree below.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FolderRef {
+    /// Without its trailing `/`: `/app`, `secret/app`, or a Vault mount (`secret`).
+    pub path: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recursive: bool,
+}
+
+impl FolderRef {
+    /// Parses `raw` in the folder grammar of `kind`.
+    pub fn parse(kind: StoreKind, raw: &str) -> Result<Self, ReferenceError> {
+        let raw = raw.trim();
+        let (rest, recursive) = match raw.split_once('?') {
+            None => (raw, false),
+            Some((rest, "recursive=true")) => (rest, true),
+            Some((rest, "recursive=false")) => (rest, false),
+            Some((_, query)) => return Err(ReferenceError::FolderQuery(query.to_owned())),
+        };
+        if let Some(bad) = rest.chars().find(|c| matches!(c, '#' | ':')) {
+            return Err(ReferenceError::FolderSelector(rest.to_owned(), bad));
+        }
+        let path = match kind {
+            StoreKind::AwsSecretsManager => return Err(ReferenceError::NoFolders),
+            StoreKind::AwsSsm => {
+                let path = rest.trim_end_matches('/');
+                if path.is_empty() && rest.starts_with('/') {
+                    return Err(ReferenceError::RootFolder(rest.to_owned()));
+                }
+                // The grammar of a parameter name, which the folder is a prefix of.
+                let name = SsmRef::parse(path)?.name;
+                if !name.starts_with('/') {
+                    return Err(ReferenceError::SsmPath(name));
+                }
+                name
+            }
+            StoreKind::Vault => {
+                let path = rest.trim_matches('/');
+                if path.is_empty() {
+                    return Err(ReferenceError::NoMount(raw.to_owned()));
+                }
+                // A mount alone is a folder too: `secret/`.
+                let probe = VaultRef::parse(&format!("{path}/x")).map_err(|e| match e {
+                    ReferenceError::NoMount(_) => ReferenceError::NoMount(raw.to_owned()),
+                    ReferenceError::DotSegment(_) => ReferenceError::DotSegment(raw.to_owned()),
+                    ReferenceError::VaultCharacter { bad, .. } => {
+                        ReferenceError::VaultCharacter { raw: raw.to_owned(), bad }
+                    }
+                    other => other,
+                })?;
+                probe.path.trim_end_matches("/x").to_owned()
+            }
+        };
+        Ok(FolderRef { path, recursive })
+    }
+
+    /// The folder with its trailing `/`, as grants and listings name it.
+    pub fn folder(&self) -> String {
+        format!("{}/", self.path)
+    }
+
+    /// How the rotation controller names the set: the folder and `*` (one
+    /// level) or `**` (recursive). No reference has a `*`, so this never
+    /// meets one.
+    pub fn identity(&self) -> String {
+        format!("{}/{}", self.path, if self.recursive { "**" } else { "*" })
+    }
+
+    /// The inverse of [`identity`](Self::identity).
+    pub fn from_identity(identity: &str) -> Option<FolderRef> {
+        if let Some(path) = identity.strip_suffix("/**") {
+            return Some(FolderRef { path: path.to_owned(), recursive: true });
+        }
+        identity.strip_suffix("/*").map(|path| FolderRef { path: path.to_owned(), recursive: false })
+    }
+
+    /// The key (file name, Secret key, template name) of the leaf `full`
+    /// (its whole name in the backend): the part below the folder, each `/`
+    /// written as `_`. `None` if `full` is not below the folder.
+    pub fn leaf_key(&self, full: &str) -> Option<String> {
+        let below = full.strip_prefix(&self.folder())?;
+        (!below.is_empty()).then(|| below.replace('/', "_"))
+    }
+}
+
+impl fmt::Display for FolderRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/", self.path)?;
+        if self.recursive {
+            f.write_str("?recursive=true")?;
+        }
+        Ok(())
+    }
+}
+
 /// Splits `rest#field`; the field is a JSON key: non-empty, no further `#`.
 fn split_field(raw: &str) -> Result<(&str, Option<String>), ReferenceError> {
     let raw = raw.trim();
@@ -433,6 +546,47 @@ mod tests {
             ("prod/db#", "empty field"),
         ] {
             let err = SecretRef::parse(raw).unwrap_err();
+            assert!(err.to_string().contains(hint), "{raw}: {err}");
+        }
+    }
+
+    #[test]
+    fn folders_parse_round_trip_and_map_leaves() {
+        for (kind, raw, path, recursive) in [
+            (StoreKind::AwsSsm, "/app/", "/app", false),
+            (StoreKind::AwsSsm, "/app?recursive=true", "/app", true),
+            (StoreKind::AwsSsm, "/app/prod/?recursive=false", "/app/prod", false),
+            (StoreKind::Vault, "secret/app/", "secret/app", false),
+            (StoreKind::Vault, "/secret/app?recursive=true", "secret/app", true),
+            (StoreKind::Vault, "secret/", "secret", false),
+        ] {
+            let f = FolderRef::parse(kind, raw).unwrap();
+            assert_eq!((f.path.as_str(), f.recursive), (path, recursive), "{raw}");
+            assert_eq!(FolderRef::parse(kind, &f.to_string()).unwrap(), f, "{raw} round-trips");
+            assert_eq!(FolderRef::from_identity(&f.identity()), Some(f));
+        }
+        let f = FolderRef::parse(StoreKind::AwsSsm, "/app/?recursive=true").unwrap();
+        assert_eq!(f.identity(), "/app/**");
+        assert_eq!(f.leaf_key("/app/db/password").as_deref(), Some("db_password"));
+        assert_eq!(f.leaf_key("/app/API_KEY").as_deref(), Some("API_KEY"));
+        assert_eq!(f.leaf_key("/application/x"), None, "a sibling whose name starts alike is not below");
+        assert_eq!(f.leaf_key("/app/"), None);
+    }
+
+    #[test]
+    fn folders_refuse_with_a_hint() {
+        for (kind, raw, hint) in [
+            (StoreKind::AwsSsm, "/", "root of every parameter"),
+            (StoreKind::AwsSsm, "app/", "starts with /"),
+            (StoreKind::AwsSsm, "/app/?recursive", "only ?recursive=true"),
+            (StoreKind::AwsSsm, "/app:3", "never one version"),
+            (StoreKind::AwsSsm, "/a b/", "does not allow"),
+            (StoreKind::Vault, "secret/app#pw", "never one version or field"),
+            (StoreKind::Vault, "/", "no mount and path"),
+            (StoreKind::Vault, "secret/../x/", "not allowed"),
+            (StoreKind::AwsSecretsManager, "prod/", "have no folders"),
+        ] {
+            let err = FolderRef::parse(kind, raw).unwrap_err();
             assert!(err.to_string().contains(hint), "{raw}: {err}");
         }
     }

@@ -171,7 +171,7 @@ pub fn entries() -> Vec<Entry> {
             default: "absent: the pod is left alone".into(),
             applies_to: read_on(),
             limits: vec![
-                format!("The pod must declare at least one {secret_family} or {template_family}."),
+                format!("The pod must declare at least one {secret_family}, `{}<name>` or {template_family}.", a::PATH_PREFIX),
                 "Linux pods only: `spec.os.name: windows` is refused.".into(),
                 format!(
                     "A container named `{}`, a volume named `{}`, `{}` or `{}`, or a mount of one, is refused: those names are keyhole's.",
@@ -300,6 +300,33 @@ pub fn entries() -> Vec<Entry> {
                 store: Some(StoreKind::AwsSsm),
                 annotations: pairs(&[(&secret("session_key"), "/shop/session-key"), (&format!("{}session_key", a::GENERATE_PREFIX), "length=48,alphabet=hex")]),
             }],
+        },
+        Entry {
+            key: Key::Family { prefix: a::PATH_PREFIX, placeholder: "<name>" },
+            writer: Writer::User,
+            summary: "Every value in a folder: each leaf below it becomes a file (or Secret key) of its own.".into(),
+            value: "a folder: an SSM path (`/shop/`), or a Vault KV folder (`secret/shop/`, or a whole mount, `secret/`); `?recursive=true` takes the whole tree below it, else one level. The trailing `/` may be left out.".into(),
+            default: "none".into(),
+            applies_to: "every opted-in pod on an aws-ssm or vault store; all outputs".into(),
+            limits: vec![
+                "A leaf's key is its name below the folder with each `/` written as `_`: `/shop/db/password` under `/shop/` (recursive) is `db_password`. `<name>` names the set in messages only.".into(),
+                format!("The pod fails at start, naming the leaf, when a key cannot be a file name (the rules of {secret_family}), or an environment variable with Secret output; or when two leaves, or a leaf and a `secret-<name>` or `template-<name>`, have one key."),
+                format!("At most {} paths a pod and {} leaves a path; an empty folder fails the pod at start. Templates may use the leaves as `secrets[\"<key>\"]`; `keyhole render` knows no leaf, so it cannot render those.", a::MAX_PATHS, a::MAX_PATH_LEAVES),
+                "aws-ssm: GetParametersByPath, decrypted (the role needs `ssm:GetParametersByPath` on the path). vault: a `LIST` of the folder, then each secret read whole as a JSON object (the policy needs `list` on `<mount>/metadata/<folder>` and `read` on `<mount>/data/<folder>*`). aws-secretsmanager: no folders.".into(),
+                "Rotation watches the set: a leaf added, removed or changed rolls the workload (SSM: DescribeParameters with a Path filter; vault: the list and each secret's metadata). The folder must lie inside what the store's grants give the namespace, all of it.".into(),
+            ],
+            examples: vec![
+                Example {
+                    caption: "aws-ssm",
+                    store: Some(StoreKind::AwsSsm),
+                    annotations: pairs(&[(&format!("{}shop", a::PATH_PREFIX), "/shop/?recursive=true")]),
+                },
+                Example {
+                    caption: "vault",
+                    store: Some(StoreKind::Vault),
+                    annotations: pairs(&[(&format!("{}shop", a::PATH_PREFIX), "secret/shop/")]),
+                },
+            ],
         },
         Entry {
             key: Key::Exact(a::OUTPUT),

@@ -215,6 +215,7 @@ pub async fn execute(plan: &Plan, deadline_override: Option<u64>, pod: &PodIdent
     tracing::info!(
         role = %plan.role,
         items = plan.items.len(),
+        paths = plan.paths.len(),
         templates = plan.templates.len(),
         secret = plan.secret.is_some(),
         files = plan.output_dir.is_some(),
@@ -224,7 +225,8 @@ pub async fn execute(plan: &Plan, deadline_override: Option<u64>, pod: &PodIdent
     let target = match &plan.secret {
         Some(t) => {
             let keys = plan.items.iter().map(|i| i.name.clone()).chain(plan.templates.iter().map(|t| t.name.clone()));
-            let mut target = secret::Target::new(t, pod, keys.collect()).map_err(|e| Error::secret(&store, None, e))?;
+            let mut target = secret::Target::new(t, pod, keys.collect(), !plan.paths.is_empty())
+                .map_err(|e| Error::secret(&store, None, e))?;
             target.bind_revision(deadline).await.map_err(|e| Error::secret(&store, Some(&target), e))?;
             Some(target)
         }
@@ -252,7 +254,8 @@ pub async fn execute(plan: &Plan, deadline_override: Option<u64>, pod: &PodIdent
         if let Some(data) = found {
             tracing::info!(secret = %t.id(), "found this revision's Secret: no backend call");
             let files = write_files(plan, &store, &data)?;
-            return Ok(Report { values: plan.items.len(), files, secret: Some(SecretOutcome::Reused) });
+            let values = data.len().saturating_sub(plan.templates.len());
+            return Ok(Report { values, files, secret: Some(SecretOutcome::Reused) });
         }
     }
 
@@ -292,9 +295,11 @@ async fn fetch(
     };
     let read = || async {
         match &plan.store {
-            Store::AwsSsm(s) => ssm::fetch(&ctx, s, &plan.items).await,
-            Store::AwsSecretsManager(s) => secretsmanager::fetch(&ctx, s, &plan.items).await,
-            Store::Vault(v) => vault::fetch(&ctx, v, &plan.items).await,
+            Store::AwsSsm(s) => ssm::fetch(&ctx, s, &plan.items, &plan.paths).await,
+            Store::AwsSecretsManager(s) => secretsmanager::fetch(&ctx, s, &plan.items)
+                .await
+                .map(|values| value::Fetched { values, leaves: Vec::new() }),
+            Store::Vault(v) => vault::fetch(&ctx, v, &plan.items, &plan.paths).await,
         }
     };
     let fetch = async {
@@ -341,11 +346,13 @@ async fn fetch(
     // A backstop only: every call and retry already stops at the deadline, with
     // a better reason than this one.
     let backstop = deadline + Duration::from_secs(2);
-    let values = tokio::time::timeout_at(backstop, fetch).await.map_err(|_| Error::Deadline {
+    let fetched = tokio::time::timeout_at(backstop, fetch).await.map_err(|_| Error::Deadline {
         store: store.clone(),
         seconds,
         doing: "fetching the values",
     })??;
+    let templates: Vec<&str> = plan.templates.iter().map(|t| t.name.as_str()).collect();
+    let values = value::with_leaves(fetched, &plan.paths, &templates, plan.secret.is_some(), store)?;
     let rendered = output::render(&plan.templates, &values).map_err(|e| Error::Template {
         annotation: InjectSpec::template_annotation(&e.name),
         store: store.clone(),
@@ -360,13 +367,15 @@ fn write_files(plan: &Plan, store: &StoreRef, files: &[(String, SecretString)]) 
         return Ok(0);
     };
     output::write_atomic(Path::new(dir), files, plan.file_mode).map_err(|e| {
-        let annotation = match &e.name {
-            Some(n) if plan.items.iter().any(|i| &i.name == n) => InjectSpec::secret_annotation(n),
-            Some(n) => InjectSpec::template_annotation(n),
-            None => annotations::OUTPUT.to_owned(),
+        let annotations = match &e.name {
+            Some(n) if plan.items.iter().any(|i| &i.name == n) => vec![InjectSpec::secret_annotation(n)],
+            Some(n) if plan.templates.iter().any(|t| &t.name == n) => vec![InjectSpec::template_annotation(n)],
+            // A folder's leaf.
+            Some(_) => plan.paths.iter().map(|p| p.annotation()).collect(),
+            None => vec![annotations::OUTPUT.to_owned()],
         };
         Error::Write {
-            annotations: error::Joined(vec![annotation]),
+            annotations: error::Joined(annotations),
             store: store.clone(),
             dir: dir.clone(),
             reason: e.to_string(),

@@ -21,6 +21,7 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use keyhole_backends::retry::{Class, Failure, retry, transport_reason};
+use keyhole_contract::annotations::{self, MAX_PATH_LEAVES, MAX_PATHS};
 use keyhole_contract::names;
 use keyhole_contract::plan::SecretTarget;
 use kube::api::{Api, PostParams};
@@ -68,6 +69,9 @@ pub struct Target {
     service_account: String,
     /// The keys the Secret holds: the plan's values and templates.
     keys: BTreeSet<String>,
+    /// The plan has folders: their leaves' keys are known only to the fetch
+    /// that made the Secret, so other keys are taken if they are valid ones.
+    leaves: bool,
     /// Whether the API server enforces the provenance policy: asked once, the
     /// first time a Secret or claim found here is to be trusted.
     enforced: tokio::sync::OnceCell<bool>,
@@ -111,12 +115,20 @@ struct Expect<'a> {
     owner_uid: &'a str,
     /// `None` for a claim, which holds no data and no digest.
     plan: Option<(&'a str, &'a BTreeSet<String>)>,
+    /// Keys beyond the plan's are folders' leaves (see [`Target`]'s `leaves`).
+    leaves: bool,
 }
 
 impl Target {
     /// Reads the API token and CA from `target.api_token_path`'s directory.
-    /// `keys`: the names of the plan's values and templates.
-    pub fn new(target: &SecretTarget, pod: &PodIdentity<'_>, keys: BTreeSet<String>) -> Result<Target, SecretError> {
+    /// `keys`: the names of the plan's values and templates; `leaves`: the
+    /// plan has folders, whose leaves add keys.
+    pub fn new(
+        target: &SecretTarget,
+        pod: &PodIdentity<'_>,
+        keys: BTreeSet<String>,
+        leaves: bool,
+    ) -> Result<Target, SecretError> {
         let setup = SecretError::Setup;
         let namespace = pod.namespace.filter(|s| !s.is_empty()).ok_or_else(|| {
             setup(format!(
@@ -178,6 +190,7 @@ impl Target {
             created_by,
             service_account: service_account.to_owned(),
             keys,
+            leaves,
             enforced: tokio::sync::OnceCell::new(),
         })
     }
@@ -345,7 +358,8 @@ impl Target {
         let Some(found) = self.get(&self.claim_name(), deadline, "reading the claim of").await? else {
             return Ok(Claim::Ours);
         };
-        let expect = Expect { service_account: &self.service_account, owner_uid: &self.owner.uid, plan: None };
+        let expect =
+            Expect { service_account: &self.service_account, owner_uid: &self.owner.uid, plan: None, leaves: false };
         let annotations = found.metadata.annotations.clone().unwrap_or_default();
         self.trusted(found, &expect, deadline).await?;
         let until_unix: u64 = annotations.get(CLAIM_EXPIRES_ANNOTATION).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -402,6 +416,7 @@ impl Target {
             service_account: &self.service_account,
             owner_uid: &self.owner.uid,
             plan: Some((digest, &self.keys)),
+            leaves: self.leaves,
         };
         match self.get(&self.name, deadline, "reading").await? {
             None => Ok(None),
@@ -504,9 +519,13 @@ fn verify(namespace: &str, secret: &Secret, expect: &Expect<'_>) -> Result<Vec<(
         return Ok(Vec::new());
     };
     let found: BTreeSet<&String> = secret.data.iter().flatten().map(|(k, _)| k).collect();
-    if found.len() != keys.len() || !keys.iter().all(|k| found.contains(k)) {
-        let missing: Vec<&str> = keys.iter().filter(|k| !found.contains(k)).map(String::as_str).collect();
-        let extra: Vec<&str> = found.iter().filter(|k| !keys.contains(k.as_str())).map(|k| k.as_str()).collect();
+    let missing: Vec<&str> = keys.iter().filter(|k| !found.contains(k)).map(String::as_str).collect();
+    let mut extra: Vec<&str> = found.iter().filter(|k| !keys.contains(k.as_str())).map(|k| k.as_str()).collect();
+    if expect.leaves && extra.len() <= MAX_PATHS * MAX_PATH_LEAVES {
+        // A folder's leaf: a key the injector could have written for one.
+        extra.retain(|k| annotations::check_item_name(k).is_err() || !annotations::is_env_name(k));
+    }
+    if !missing.is_empty() || !extra.is_empty() {
         return Err(SecretError::Malformed {
             object,
             reason: format!(
@@ -643,7 +662,7 @@ mod tests {
 
     fn checked(secret: Secret) -> Result<Vec<(String, SecretString)>, SecretError> {
         let keys = keys();
-        check("ns", secret, &Expect { service_account: SA, owner_uid: OWNER, plan: Some(("d1", &keys)) })
+        check("ns", secret, &Expect { service_account: SA, owner_uid: OWNER, plan: Some(("d1", &keys)), leaves: false })
     }
 
     fn annotate(mut s: Secret, key: &str, value: Option<&str>) -> Secret {
@@ -704,8 +723,30 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_with_folders_takes_extra_keys_only_of_the_shape_a_leaf_has() {
+        let keys = keys();
+        let with_leaves = |s: Secret| {
+            check("ns", s, &Expect { service_account: SA, owner_uid: OWNER, plan: Some(("d1", &keys)), leaves: true })
+        };
+        let mut leaf = ours();
+        leaf.data.as_mut().unwrap().insert("db_user".into(), ByteString(b"app".to_vec()));
+        assert_eq!(with_leaves(leaf.clone()).unwrap().len(), 2, "a leaf's key is taken");
+        assert!(checked(leaf).is_err(), "the control: without folders it is refused");
+        let mut odd = ours();
+        odd.data.as_mut().unwrap().insert("not-env".into(), ByteString(b"x".to_vec()));
+        assert!(matches!(with_leaves(odd), Err(SecretError::Malformed { reason, .. }) if reason.contains("not-env")));
+        let mut short = ours();
+        short.data = Some(BTreeMap::from([("db_user".to_owned(), ByteString(b"x".to_vec()))]));
+        assert!(
+            matches!(with_leaves(short), Err(SecretError::Malformed { reason, .. }) if reason.contains("missing: PW")),
+            "the plan's own keys stay required"
+        );
+    }
+
+    #[test]
     fn a_claim_gets_the_same_provenance_checks_and_holds_no_data() {
-        let claim = |s: Secret| check("ns", s, &Expect { service_account: SA, owner_uid: OWNER, plan: None });
+        let claim =
+            |s: Secret| check("ns", s, &Expect { service_account: SA, owner_uid: OWNER, plan: None, leaves: false });
         let mut empty = ours();
         empty.data = None;
         assert!(claim(empty.clone()).unwrap().is_empty());

@@ -18,13 +18,15 @@ use futures::{FutureExt, StreamExt};
 use keyhole_backends::retry::{Class, Failure, retry};
 use keyhole_backends::vault::{Mount, Session};
 use keyhole_backends::{Ctx, StoreRef, TokenError, secretsmanager, ssm, vault};
+use keyhole_contract::annotations::MAX_PATH_LEAVES;
+use keyhole_contract::reference::FolderRef;
 use keyhole_contract::store::{SsmStore, VaultStore};
 use keyhole_contract::{Store, StoreKind, Stores};
 use tokio::sync::Mutex;
 
 use crate::metrics::{Outcome, RotationMetrics};
 use crate::schedule::chunks;
-use crate::state::Version;
+use crate::state::{Version, set_version};
 
 /// Names per DescribeParameters call.
 pub const SSM_NAMES_PER_CALL: usize = ssm::NAMES_PER_DESCRIBE;
@@ -80,6 +82,10 @@ pub enum LookupError {
     BadVersion { name: String, version: i64 },
     #[error("DescribeParameters failed: {0}")]
     Describe(Failure),
+    #[error("listing {folder} failed: {reason}")]
+    Folder { folder: String, reason: Failure },
+    #[error("{folder} holds more than {max} values, more than keyhole takes a path", max = MAX_PATH_LEAVES)]
+    FolderTooBig { folder: String },
     #[error("{0} is a mount, not a secret in one")]
     IsMount(String),
     #[error("cannot find the mount of {path}: {reason}")]
@@ -108,6 +114,8 @@ impl LookupError {
             LookupError::Mount { reason, .. } | LookupError::Metadata { reason, .. } => {
                 matches!(reason.class, Class::NotFound | Class::Denied)
             }
+            LookupError::Folder { reason, .. } => matches!(reason.class, Class::Denied),
+            LookupError::FolderTooBig { .. } => true,
             _ => false,
         }
     }
@@ -130,6 +138,7 @@ impl LookupError {
     fn class(&self) -> Option<Class> {
         match self {
             LookupError::Describe(f)
+            | LookupError::Folder { reason: f, .. }
             | LookupError::DescribeSecret { reason: f, .. }
             | LookupError::Mount { reason: f, .. }
             | LookupError::Metadata { reason: f, .. } => Some(f.class),
@@ -403,8 +412,38 @@ impl Backends {
             Ok(c) => c,
             Err(e) => return Round::failed(refs, e),
         };
+        let (folders, names): (BTreeSet<String>, BTreeSet<String>) =
+            refs.iter().cloned().partition(|r| FolderRef::from_identity(r).is_some());
+        let sets: Vec<BoxFuture<'_, (String, Answer)>> = folders
+            .iter()
+            .map(|identity| {
+                let client = client.clone();
+                async move {
+                    let folder = FolderRef::from_identity(identity).expect("partitioned above");
+                    let r = ssm::folder_versions(&client, &folder, MAX_PATH_LEAVES, deadline(round_end), |answer| {
+                        self.metrics.request(name, "DescribeParameters", Outcome::of(answer))
+                    })
+                    .await;
+                    let answer = match r {
+                        Ok(found) => {
+                            let leaves = found.iter().map(|(n, &v)| (n.as_str(), Version::Number(v.max(0) as u64)));
+                            Ok(Found::Version(set_version(leaves)))
+                        }
+                        Err(ssm::FolderFailure::TooBig) => {
+                            Err(LookupError::FolderTooBig { folder: folder.to_string() })
+                        }
+                        Err(ssm::FolderFailure::Call(reason)) => {
+                            Err(LookupError::Folder { folder: folder.to_string(), reason })
+                        }
+                    };
+                    (identity.clone(), answer)
+                }
+                .boxed()
+            })
+            .collect();
+        let sets = futures::stream::iter(sets).buffer_unordered(CONCURRENCY).collect::<Vec<_>>();
         type Page = (Vec<String>, Result<HashMap<String, i64>, Failure>);
-        let calls: Vec<BoxFuture<'_, Page>> = chunks(refs, SSM_NAMES_PER_CALL)
+        let calls: Vec<BoxFuture<'_, Page>> = chunks(&names, SSM_NAMES_PER_CALL)
             .into_iter()
             .map(|names| {
                 let client = client.clone();
@@ -418,8 +457,9 @@ impl Backends {
                 .boxed()
             })
             .collect();
-        let pages = futures::stream::iter(calls).buffer_unordered(CONCURRENCY).collect::<Vec<_>>().await;
-        let mut answers = BTreeMap::new();
+        let pages = futures::stream::iter(calls).buffer_unordered(CONCURRENCY).collect::<Vec<_>>();
+        let (sets, pages) = futures::join!(sets, pages);
+        let mut answers: BTreeMap<String, Answer> = sets.into_iter().collect();
         for (names, result) in pages {
             match result {
                 Ok(found) => {
@@ -596,7 +636,13 @@ impl Backends {
                 let session = session.clone();
                 async move {
                     let Some(mount) = mount else { return (r.clone(), Err(LookupError::NoMount(r.clone()))) };
-                    (r.clone(), self.metadata(name, &session, &mount, r, deadline(round_end)).await)
+                    let answer = match FolderRef::from_identity(r) {
+                        Some(folder) => {
+                            self.folder_metadata(name, &session, &mount, &folder, deadline(round_end)).await
+                        }
+                        None => self.metadata(name, &session, &mount, r, deadline(round_end)).await,
+                    };
+                    (r.clone(), answer)
                 }
                 .boxed()
             })
@@ -629,6 +675,57 @@ impl Backends {
                 valid.unwrap_or(true)
             }
         }
+    }
+
+    /// A folder's set: its listing, then `current_version` of each secret in
+    /// it ([`set_version`]), within one look-up's deadline.
+    async fn folder_metadata(
+        &self,
+        store: &str,
+        session: &Session,
+        mount: &Mount,
+        folder: &FolderRef,
+        deadline: tokio::time::Instant,
+    ) -> Answer {
+        if !mount.is_kv() {
+            return Err(LookupError::NotKv { path: folder.folder(), kind: mount.kind.clone() });
+        }
+        if mount.version != 2 {
+            return Ok(Found::Unversioned);
+        }
+        let listed = session
+            .list_folder(mount, folder, MAX_PATH_LEAVES, deadline, |answer| {
+                self.metrics.request(store, "list", Outcome::of(answer))
+            })
+            .await;
+        let leaves = match listed {
+            Ok(leaves) => leaves,
+            Err(ssm::FolderFailure::TooBig) => return Err(LookupError::FolderTooBig { folder: folder.to_string() }),
+            Err(ssm::FolderFailure::Call(reason)) => {
+                return Err(LookupError::Folder { folder: folder.to_string(), reason });
+            }
+        };
+        let mut reads: Vec<BoxFuture<'_, Result<(String, Found), LookupError>>> = Vec::with_capacity(leaves.len());
+        for leaf in leaves {
+            reads.push(
+                async move {
+                    let found = self.metadata(store, session, mount, &leaf, deadline).await?;
+                    Ok((leaf, found))
+                }
+                .boxed(),
+            );
+        }
+        let found: Vec<(String, Found)> = futures::stream::iter(reads)
+            .buffer_unordered(CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        let versions = found.iter().map(|(leaf, f)| match f {
+            Found::Version(v) => (leaf.as_str(), v.clone()),
+            Found::Unversioned => (leaf.as_str(), Version::Number(0)),
+        });
+        Ok(Found::Version(set_version(versions)))
     }
 
     /// `GET <mount>/metadata/<path>` -> `current_version`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use keyhole_contract::access::{AccessError, Scope};
 use keyhole_contract::annotations::{self, InjectSpec};
-use keyhole_contract::reference::{Reference, SsmSelector};
+use keyhole_contract::reference::{FolderRef, Reference, SsmSelector};
 use keyhole_contract::{StoreKind, Stores};
 
 /// A reference that never rotates, and why.
@@ -24,7 +24,8 @@ pub struct Fixed {
 pub struct Watched {
     pub store: String,
     pub kind: StoreKind,
-    /// Reference identity (SSM parameter name, Vault path) -> the annotations using it.
+    /// Reference identity (SSM parameter name, Vault path, secret name, or a
+    /// folder's [`FolderRef::identity`]) -> the annotations using it.
     pub refs: BTreeMap<String, Vec<String>>,
     pub fixed: Vec<Fixed>,
     /// `keyhole.dev/refresh-interval`; `None`: the controller's interval.
@@ -118,6 +119,17 @@ pub fn interest(template: &BTreeMap<String, String>, namespace: &str, stores: &S
         };
         refs.entry(identity).or_default().push(annotation);
     }
+    for path in &spec.paths {
+        let annotation = InjectSpec::path_annotation(&path.name);
+        let folder = match FolderRef::parse(config.kind(), &path.folder) {
+            Err(e) => return Interest::Unreadable(format!("{annotation}: {e}")),
+            Ok(f) => f,
+        };
+        if let Err(e) = scope.check_path(store, namespace, &folder.folder()) {
+            return Interest::Denied(format!("{annotation}: {e}"));
+        }
+        refs.entry(folder.identity()).or_default().push(annotation);
+    }
     if refs.is_empty() {
         return Interest::NothingToWatch(fixed);
     }
@@ -188,6 +200,28 @@ mod tests {
         assert_eq!(w.refs.keys().collect::<Vec<_>>(), ["secret/app/db"]);
         assert_eq!(w.fixed.len(), 1);
         assert_eq!(w.interval, None);
+    }
+
+    #[test]
+    fn folders_are_watched_as_sets_inside_the_grants_only() {
+        let a = ann(&[
+            ("keyhole.dev/inject", "true"),
+            ("keyhole.dev/store", "aws"),
+            ("keyhole.dev/path-app", "/app/?recursive=true"),
+            ("keyhole.dev/path-top", "/top/"),
+        ]);
+        let Interest::Watch(w) = interest(&a, "ns", &stores()) else { panic!("not watched") };
+        assert_eq!(w.refs.keys().collect::<Vec<_>>(), ["/app/**", "/top/*"]);
+        assert_eq!(w.refs["/app/**"], ["keyhole.dev/path-app"]);
+        let outside = ann(&[("keyhole.dev/inject", "true"), ("keyhole.dev/path-all", "secret/?recursive=true")]);
+        assert!(
+            matches!(interest(&outside, "team-a", &granting()), Interest::Denied(e) if e.starts_with("keyhole.dev/path-all: ")),
+            "a folder above the grant would list what the namespace may not read"
+        );
+        let inside = ann(&[("keyhole.dev/inject", "true"), ("keyhole.dev/path-all", "secret/team-a/")]);
+        assert!(
+            matches!(interest(&inside, "team-a", &granting()), Interest::Watch(w) if w.refs.contains_key("secret/team-a/*"))
+        );
     }
 
     #[test]

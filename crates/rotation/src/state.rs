@@ -35,6 +35,22 @@ impl std::fmt::Display for Version {
     }
 }
 
+/// The version of a folder's set of leaves: their count and 16 hex digits of
+/// SHA-256 over each leaf's name and version, so a leaf added, removed or
+/// changed moves it, and a log line says how many there are (`25@3f2a…`).
+pub fn set_version<'a>(leaves: impl IntoIterator<Item = (&'a str, Version)>) -> Version {
+    let mut sorted: Vec<(&str, Version)> = leaves.into_iter().collect();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for (name, version) in &sorted {
+        h.update(name.as_bytes());
+        h.update(b"\0");
+        h.update(version.to_string().as_bytes());
+        h.update(b"\n");
+    }
+    Version::Id(format!("{}@{}", sorted.len(), hex::encode(&h.finalize()[..8])))
+}
+
 /// The annotation value: compact JSON with sorted keys.
 pub fn encode(v: &Versions) -> String {
     serde_json::to_string(v).expect("a map of strings to numbers or strings serializes")
@@ -127,6 +143,19 @@ mod tests {
         assert_ne!(d, digest(&v(&[("/a", 1)]), None));
         assert_ne!(d, digest(&a, Some("2025-01-01T00:00:00Z")));
         assert_ne!(digest(&a, Some("t1")), digest(&a, Some("t2")));
+    }
+
+    #[test]
+    fn a_sets_version_moves_with_a_leaf_added_removed_or_changed_only() {
+        let set = |leaves: &[(&'static str, u64)]| set_version(leaves.iter().map(|(n, v)| (*n, Version::Number(*v))));
+        let base = set(&[("/app/a", 1), ("/app/b", 2)]);
+        assert!(matches!(&base, Version::Id(id) if id.starts_with("2@") && id.len() == 18), "{base}");
+        assert_eq!(base, set(&[("/app/b", 2), ("/app/a", 1)]), "order does not matter");
+        assert_ne!(base, set(&[("/app/a", 1), ("/app/b", 3)]), "changed");
+        assert_ne!(base, set(&[("/app/a", 1)]), "removed");
+        assert_ne!(base, set(&[("/app/a", 1), ("/app/b", 2), ("/app/c", 1)]), "added");
+        assert_ne!(set(&[("/app/a1", 1)]), set(&[("/app/a", 11)]), "names and versions stay apart");
+        assert_eq!(set(&[]), Version::Id("0@e3b0c44298fc1c14".into()));
     }
 
     #[test]

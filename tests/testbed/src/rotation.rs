@@ -33,7 +33,7 @@ pub fn config_yaml(bed: &Bed, vault_role: &str, aws_endpoint: &str) -> String {
 pub async fn identity(bed: &Bed, ns: &str) -> Result<String> {
     create_service_account(&bed.client, ns, SA).await?;
     let role = format!("rotation-{ns}");
-    let hcl = format!("path \"secret/metadata/{ns}/*\" {{ capabilities = [\"read\"] }}\n");
+    let hcl = format!("path \"secret/metadata/{ns}/*\" {{ capabilities = [\"read\", \"list\"] }}\n");
     bed.vault("PUT", &format!("sys/policies/acl/{role}"), Some(serde_json::json!({"policy": hcl}))).await?;
     bed.vault_kubernetes_role(&role, ns, SA, "vault", &role).await?;
     Ok(role)

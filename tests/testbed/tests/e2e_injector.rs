@@ -47,6 +47,9 @@ fn main() {
         missing_parameters_are_named_in_one_error,
         token_for_the_wrong_audience_is_refused,
         ssm_throttling_is_retried_with_backoff,
+        path_ssm_recursive_folder_becomes_one_file_a_parameter,
+        path_vault_folder_becomes_one_file_a_secret,
+        path_leaves_that_clash_or_an_empty_folder_fail_naming_them,
         bench_wall_time_and_rss,
         no_secret_value_or_token_in_any_output,
     ]);
@@ -726,6 +729,113 @@ async fn ssm_throttling_is_retried_with_backoff(bed: &Bed) -> Result<()> {
     Ok(())
 }
 
+/// Twenty-five parameters below `/<ns>/app/` (twenty on top, five a level
+/// down) beside a sibling folder whose name starts alike: recursive, 25 files
+/// named below the folder, read in three GetParametersByPath pages (counted
+/// at a proxy) and no GetParameters; one level, the twenty only.
+async fn path_ssm_recursive_folder_becomes_one_file_a_parameter(bed: &Bed) -> Result<()> {
+    let ns = aws_namespace(bed, "inj-path").await?;
+    let mut want = BTreeMap::new();
+    for i in 0..20 {
+        let v = secret(&format!("path-top{i}"));
+        bed.put_ssm(&format!("/{ns}/app/k{i:02}"), &v).await?;
+        want.insert(format!("k{i:02}"), v);
+    }
+    for i in 0..5 {
+        let v = secret(&format!("path-db{i}"));
+        bed.put_ssm(&format!("/{ns}/app/db/k{i}"), &v).await?;
+        want.insert(format!("db_k{i}"), v);
+    }
+    bed.put_ssm(&format!("/{ns}/application/other"), &secret("path-sibling")).await?;
+    let proxy = Proxy::start(&bed.moto_url).await?;
+    let counted = json!({"aws-count": {"kind": "aws-ssm", "region": "us-east-1", "endpoint": proxy.url,
+                                       "stsEndpoint": bed.moto_url, "defaultRole": ROLE_ARN}});
+    let all = stores(bed, counted)?;
+    let a = ann(&[("keyhole.dev/store", "aws-count"), ("keyhole.dev/path-app", &format!("/{ns}/app/?recursive=true"))]);
+    let out = run(bed, &injected_pod(bed, &ns, &a, &all).await?, &[]).await?;
+    ensure!(out.success(), "{}", out.describe());
+    check_listing(&out, &want.keys().map(String::as_str).collect::<Vec<_>>())?;
+    for (key, value) in &want {
+        check_file(&out, key, value, 0o400)?;
+    }
+    let pages = proxy.count_of("AmazonSSM.GetParametersByPath");
+    ensure!(pages == 3 && proxy.requests().len() == 3, "not three pages of ten: {:?}", proxy.requests());
+
+    let a = ann(&[("keyhole.dev/store", "aws"), ("keyhole.dev/path-app", &format!("/{ns}/app"))]);
+    let out = run(bed, &injected_pod(bed, &ns, &a, &all).await?, &[]).await?;
+    ensure!(out.success(), "{}", out.describe());
+    let top: Vec<&str> = want.keys().map(String::as_str).filter(|k| !k.starts_with("db_")).collect();
+    ensure!(top.len() == 20, "the control set is wrong");
+    check_listing(&out, &top)
+}
+
+/// A Vault KV v2 folder: twenty secrets on top and five in a sub-folder, each
+/// written whole as its JSON object; recursive gives 25, one level 20. The
+/// role may list the folder's metadata and read its data, nothing else.
+async fn path_vault_folder_becomes_one_file_a_secret(bed: &Bed) -> Result<()> {
+    let ns = bed.namespace("inj-vpath").await?;
+    create_service_account(&bed.client, &ns, SA).await?;
+    let hcl = format!(
+        "path \"secret/metadata/{ns}/app/*\" {{ capabilities = [\"list\"] }}\npath \"secret/metadata/{ns}/app\" {{ capabilities = [\"list\"] }}\npath \"secret/data/{ns}/app/*\" {{ capabilities = [\"read\"] }}\n"
+    );
+    bed.vault("PUT", &format!("sys/policies/acl/{ns}"), Some(json!({"policy": hcl}))).await?;
+    bed.vault_kubernetes_role(&ns, &ns, SA, "vault", &ns).await?;
+    let mut want = BTreeMap::new();
+    for i in 0..25 {
+        let (key, rel) =
+            if i < 20 { (format!("s{i:02}"), format!("s{i:02}")) } else { (format!("sub_s{i}"), format!("sub/s{i}")) };
+        let v = secret(&format!("vpath{i}"));
+        bed.vault("POST", &format!("secret/data/{ns}/app/{rel}"), Some(json!({"data": {"v": v}}))).await?;
+        want.insert(key, v);
+    }
+    let all = stores(bed, json!({}))?;
+    let a = ann(&[
+        ("keyhole.dev/store", "vault"),
+        ("keyhole.dev/role", &ns),
+        ("keyhole.dev/path-app", &format!("secret/{ns}/app/?recursive=true")),
+    ]);
+    let out = run(bed, &injected_pod(bed, &ns, &a, &all).await?, &[]).await?;
+    ensure!(out.success(), "{}", out.describe());
+    check_listing(&out, &want.keys().map(String::as_str).collect::<Vec<_>>())?;
+    for (key, value) in &want {
+        check_file(&out, key, &json!({"v": value}).to_string(), 0o400)?;
+    }
+    let a = ann(&[
+        ("keyhole.dev/store", "vault"),
+        ("keyhole.dev/role", &ns),
+        ("keyhole.dev/path-app", &format!("secret/{ns}/app")),
+    ]);
+    let out = run(bed, &injected_pod(bed, &ns, &a, &all).await?, &[]).await?;
+    ensure!(out.success(), "{}", out.describe());
+    check_listing(&out, &want.keys().map(String::as_str).filter(|k| !k.starts_with("sub_")).collect::<Vec<_>>())
+}
+
+/// `/app/a_b` and `/app/a/b` would be one file: the pod fails naming both
+/// and writes nothing; so does a folder with nothing in it. The control (the
+/// same folder one level deep, where only `a_b` is) succeeds.
+async fn path_leaves_that_clash_or_an_empty_folder_fail_naming_them(bed: &Bed) -> Result<()> {
+    let ns = aws_namespace(bed, "inj-pathbad").await?;
+    bed.put_ssm(&format!("/{ns}/app/a_b"), &secret("clash1")).await?;
+    bed.put_ssm(&format!("/{ns}/app/a/b"), &secret("clash2")).await?;
+    let all = stores(bed, json!({}))?;
+    let folder = |f: &str| ann(&[("keyhole.dev/store", "aws"), ("keyhole.dev/path-app", f)]);
+    let out =
+        run(bed, &injected_pod(bed, &ns, &folder(&format!("/{ns}/app/?recursive=true")), &all).await?, &[]).await?;
+    check_failed_cleanly(
+        &out,
+        &[
+            "keyhole.dev/path-app",
+            "store \"aws\" (aws-ssm)",
+            &format!("/{ns}/app/a/b and /{ns}/app/a_b would both be the key \"a_b\""),
+        ],
+    )?;
+    let out = run(bed, &injected_pod(bed, &ns, &folder(&format!("/{ns}/app/")), &all).await?, &[]).await?;
+    ensure!(out.success(), "the control (one level) failed: {}", out.describe());
+    check_listing(&out, &["a_b"])?;
+    let out = run(bed, &injected_pod(bed, &ns, &folder(&format!("/{ns}/none/")), &all).await?, &[]).await?;
+    check_failed_cleanly(&out, &["keyhole.dev/path-app", &format!("nothing under /{ns}/none/")])
+}
+
 async fn bench_wall_time_and_rss(bed: &Bed) -> Result<()> {
     let binary = match std::env::var_os("KEYHOLE_BENCH_BIN") {
         Some(p) => p.into(),
@@ -758,13 +868,25 @@ async fn bench_wall_time_and_rss(bed: &Bed) -> Result<()> {
             }
             let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let plan = plan_for(&ann(&refs), &all)?;
-            rows.push(keyhole_testbed::kubelet::bench(&binary, &plan, &token, 5).await?);
+            rows.push(keyhole_testbed::kubelet::bench(&binary, &plan, &token, 5, n).await?);
+        }
+        if store != "aws-sm" {
+            // The same hundred values as one folder: one level below it.
+            let folder = if store == "vault" { format!("secret/{ns}/") } else { format!("/{ns}/b/") };
+            let mut pairs = vec![("keyhole.dev/store", store), ("keyhole.dev/path-b", folder.as_str())];
+            if store == "vault" {
+                pairs.push(("keyhole.dev/role", &ns));
+            }
+            let plan = plan_for(&ann(&pairs), &all)?;
+            let mut row = keyhole_testbed::kubelet::bench(&binary, &plan, &token, 5, 100).await?;
+            row.store = format!("{store} path");
+            rows.push(row);
         }
     }
     eprintln!("keyhole-injector bench ({}):", binary.display());
     for r in &rows {
         eprintln!(
-            "  {:>6} {:>3} secrets: median {:>6.1} ms, min {:>6.1} ms, peak RSS {:>6.1} MB",
+            "  {:>10} {:>3} secrets: median {:>6.1} ms, min {:>6.1} ms, peak RSS {:>6.1} MB",
             r.store,
             r.secrets,
             r.wall.as_secs_f64() * 1e3,

@@ -32,6 +32,8 @@ fn main() {
         ssm_change_rolls_the_deployment_and_the_new_pod_gets_the_new_value,
         vault_kv2_new_version_rolls_and_the_new_pod_gets_it,
         secretsmanager_new_version_rolls_and_a_pinned_reference_does_not,
+        ssm_a_parameter_added_below_a_watched_folder_rolls_and_one_beside_it_does_not,
+        vault_a_folders_secret_changed_or_deleted_rolls,
         ssm_change_with_secret_output_makes_a_new_immutable_secret,
         pinned_reference_never_rolls,
         opted_out_workload_never_rolls,
@@ -218,11 +220,27 @@ async fn pod_of_revision(bed: &Bed, ns: &str, name: &str, versions: &str) -> Res
 
 /// Plays the kubelet for the pod's injector; returns the file `db` it wrote.
 async fn injected_value(bed: &Bed, pod: &Pod) -> Result<String> {
+    injected_file(bed, pod, "db").await
+}
+
+/// Plays the kubelet for the pod's injector; returns the file `name` it wrote.
+async fn injected_file(bed: &Bed, pod: &Pod, name: &str) -> Result<String> {
     let out = run_init_container(bed, pod, &InitOpts::default()).await?;
     leaks::remember_all(out.tokens.iter().cloned());
     leaks::scan("the injector's output", &out.printed())?;
     ensure!(out.success(), "the injector failed:\n{}", out.describe());
-    Ok(std::fs::read_to_string(out.volume(names::SECRETS_VOLUME)?.join("db"))?)
+    Ok(std::fs::read_to_string(out.volume(names::SECRETS_VOLUME)?.join(name))?)
+}
+
+/// Waits until the workload's observed versions hold `needle`; returns them.
+async fn wait_observed_with(bed: &Bed, ns: &str, name: &str, needle: &str) -> Result<String> {
+    let api: Api<Deployment> = Api::namespaced(bed.client.clone(), ns);
+    wait_until(&format!("{ns}/{name} observed with {needle}"), Duration::from_secs(30), || {
+        let api = api.clone();
+        async move { api.get(name).await.ok().and_then(|d| observed(&d)).is_some_and(|o| o.contains(needle)) }
+    })
+    .await?;
+    observed(&get(bed, ns, name).await?).context("observed")
 }
 
 async fn events(bed: &Bed, ns: &str, name: &str, reason: &str) -> Result<Vec<Event>> {
@@ -342,6 +360,104 @@ async fn vault_kv2_new_version_rolls_and_the_new_pod_gets_it(bed: &Bed) -> Resul
     let pod = pod_of_revision(bed, ns, "api", &versions).await?;
     ensure!(injected_value(bed, &pod).await? == p2, "the new pod's injector did not write the new version");
     check_rotated_event(bed, ns, "api", &format!("({reference}) moved from version 1 to 2")).await?;
+    finish(&[&ctrl])
+}
+
+/// A folder is watched as a set (DescribeParameters with a Path filter, never
+/// a value): a parameter changed beside it rolls nothing; one added below it
+/// rolls the workload within an interval, and the new pod gets its file.
+async fn ssm_a_parameter_added_below_a_watched_folder_rolls_and_one_beside_it_does_not(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-path").await?;
+    let ns = &env.ns;
+    for i in 0..25 {
+        let name = if i < 20 { format!("/{ns}/app/k{i}") } else { format!("/{ns}/app/db/k{i}") };
+        bed.put_ssm(&name, &secret(&format!("rpath{i}"))).await?;
+    }
+    let sibling = format!("/{ns}/application/x");
+    bed.put_ssm(&sibling, &secret("rpath-sibling1")).await?;
+    let ctrl = env.controller(bed, "ctrl").await?;
+    let folder = format!("/{ns}/app/**");
+    let annotations = json!({
+        "keyhole.dev/inject": "true",
+        "keyhole.dev/store": "aws",
+        "keyhole.dev/role": APP_ROLE_ARN,
+        "keyhole.dev/path-app": format!("/{ns}/app/?recursive=true"),
+    });
+    create(bed, ns, &deployment("web", annotations)?).await?;
+    let first = wait_observed_with(bed, ns, "web", &format!("\"{folder}\":\"25@")).await?;
+    wait_replica_sets(bed, ns, "web", 1, Duration::from_secs(30)).await?;
+    bed.put_ssm(&sibling, &secret("rpath-sibling2")).await?;
+    tokio::time::sleep(INTERVAL * 2).await;
+    ensure!(replica_sets(bed, ns, "web").await?.len() == 1, "a change outside the folder rolled it");
+    ensure!(observed(&get(bed, ns, "web").await?) == Some(first.clone()), "the set moved without a change");
+
+    let added = secret("rpath-added");
+    bed.put_ssm(&format!("/{ns}/app/new/key"), &added).await?;
+    let took = wait_replica_sets(bed, ns, "web", 2, INTERVAL + SLACK).await?;
+    eprintln!(
+        "rot-path: new ReplicaSet {:.2}s after a parameter was added (interval {}s)",
+        took.as_secs_f64(),
+        INTERVAL.as_secs()
+    );
+    let d = get(bed, ns, "web").await?;
+    ensure!(observed(&d).is_some_and(|o| o.contains(&format!("\"{folder}\":\"26@"))), "observed: {:?}", observed(&d));
+    let versions = template_versions(&d).context("no keyhole.dev/versions on the template")?;
+    let pod = pod_of_revision(bed, ns, "web", &versions).await?;
+    ensure!(injected_file(bed, &pod, "new_key").await? == added, "the new pod lacks the added parameter");
+    check_rotated_event(bed, ns, "web", &format!("keyhole.dev/path-app ({folder}) moved from version 25@")).await?;
+    let requests = |op: &'static str| ctrl.counter("keyhole_rotation_backend_requests_total", op);
+    ensure!(requests("GetParameter").await? == 0.0, "the controller read a value");
+    finish(&[&ctrl])
+}
+
+/// A Vault folder, one level: a new version of one of its secrets rolls the
+/// workload, and so does a secret deleted from it (metadata and all).
+async fn vault_a_folders_secret_changed_or_deleted_rolls(bed: &Bed) -> Result<()> {
+    let env = env(bed, "rot-vpath").await?;
+    let ns = &env.ns;
+    let hcl = format!(
+        "path \"secret/metadata/{ns}/app\" {{ capabilities = [\"list\"] }}\npath \"secret/metadata/{ns}/app/*\" {{ capabilities = [\"list\"] }}\npath \"secret/data/{ns}/app/*\" {{ capabilities = [\"read\"] }}\n"
+    );
+    bed.vault("PUT", &format!("sys/policies/acl/{ns}"), Some(json!({"policy": hcl}))).await?;
+    for i in 0..3 {
+        bed.vault(
+            "POST",
+            &format!("secret/data/{ns}/app/s{i}"),
+            Some(json!({"data": {"v": secret(&format!("rvp{i}"))}})),
+        )
+        .await?;
+    }
+    let ctrl = env.controller(bed, "ctrl").await?;
+    let annotations = json!({
+        "keyhole.dev/inject": "true",
+        "keyhole.dev/store": "vault",
+        "keyhole.dev/role": ns,
+        "keyhole.dev/path-app": format!("secret/{ns}/app/"),
+    });
+    create(bed, ns, &deployment("api", annotations)?).await?;
+    let folder = format!("secret/{ns}/app/*");
+    wait_observed_with(bed, ns, "api", &format!("\"{folder}\":\"3@")).await?;
+    wait_replica_sets(bed, ns, "api", 1, Duration::from_secs(30)).await?;
+
+    let changed = secret("rvp-changed");
+    bed.vault("POST", &format!("secret/data/{ns}/app/s1"), Some(json!({"data": {"v": changed}}))).await?;
+    let took = wait_replica_sets(bed, ns, "api", 2, INTERVAL + SLACK).await?;
+    eprintln!(
+        "rot-vpath: new ReplicaSet {:.2}s after a secret changed (interval {}s)",
+        took.as_secs_f64(),
+        INTERVAL.as_secs()
+    );
+    let d = get(bed, ns, "api").await?;
+    let versions = template_versions(&d).context("no keyhole.dev/versions")?;
+    let pod = pod_of_revision(bed, ns, "api", &versions).await?;
+    let got: Value = serde_json::from_str(&injected_file(bed, &pod, "s1").await?)?;
+    ensure!(got == json!({"v": changed}), "the new pod lacks the changed secret");
+
+    bed.vault("DELETE", &format!("secret/metadata/{ns}/app/s2"), None).await?;
+    wait_replica_sets(bed, ns, "api", 3, INTERVAL + SLACK).await?;
+    wait_observed_with(bed, ns, "api", &format!("\"{folder}\":\"2@")).await?;
+    let requests = |op: &'static str| ctrl.counter("keyhole_rotation_backend_requests_total", op);
+    ensure!(requests("operation=\"list\"").await? > 0.0, "no list was counted");
     finish(&[&ctrl])
 }
 

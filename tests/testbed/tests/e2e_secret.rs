@@ -33,6 +33,7 @@ fn main() {
         a_deployment_made_again_under_its_name_does_not_reuse_the_old_secret,
         operator_fields_changing_leave_a_revisions_secret_in_use,
         a_statefulset_revision_owns_its_secret,
+        a_folder_with_secret_output_is_one_secret_that_later_pods_reuse,
         bench_backend_requests_for_a_rollout_secret_against_files,
         with_the_backends_stopped_scaling_to_5_still_starts_the_new_pods,
     ]);
@@ -593,6 +594,51 @@ async fn a_secret_or_claim_planted_by_another_service_account_is_refused(bed: &B
 /// Deleted (orphaning, so its ReplicaSet's Secret outlives it) and made again
 /// under the same name: the new ReplicaSet has the old one's name but not its
 /// uid, and its pods get a Secret of their own with the backend's new value.
+/// Secret output of a folder: the first pod makes the revision's Secret with
+/// one key a leaf, the second reuses it without a backend request (its keys
+/// are not in the plan, and are taken as a folder's). A leaf whose key is no
+/// env name fails the pod, naming it; the control beside it started.
+async fn a_folder_with_secret_output_is_one_secret_that_later_pods_reuse(bed: &Bed) -> Result<()> {
+    let c = ctx(bed).await?;
+    let ns = namespace(bed, "sec-path").await?;
+    let (pw, key) = (value("path-pw"), value("path-key"));
+    bed.put_ssm(&format!("/{ns}/env/DB_PASSWORD"), &pw).await?;
+    bed.put_ssm(&format!("/{ns}/env/API_KEY"), &key).await?;
+    bed.put_ssm(&format!("/{ns}/bad/db-url"), &value("path-bad")).await?;
+    let folder = |f: &str| {
+        json!({"keyhole.dev/inject": "true", "keyhole.dev/output": "secret", "keyhole.dev/store": "aws",
+               "keyhole.dev/path-env": format!("/{ns}/{f}/")})
+    };
+    deploy(bed, &ns, "web", 2, folder("env")).await?;
+    let rs = newest_rs(bed, &ns, "web", 1).await?;
+    let pods = pods_of(bed, &ns, &rs, 2).await?;
+    let proxy = c.proxy(Backend::Aws);
+    let out = run(bed, &pods[0]).await?;
+    ok(&out, &pods[0])?;
+    ensure!(outcome(&out) == "created", "the first pod: {}", outcome(&out));
+    let before = proxy.count();
+    let out = run(bed, &pods[1]).await?;
+    ok(&out, &pods[1])?;
+    ensure!(outcome(&out) == "reused", "the second pod: {}", outcome(&out));
+    ensure!(proxy.count() == before, "the second pod called the backend");
+    let s = get_secret(bed, &ns, &secret_name(&rs)).await?.context("no Secret")?;
+    let data = s.data.unwrap_or_default();
+    ensure!(data.keys().collect::<Vec<_>>() == ["API_KEY", "DB_PASSWORD"], "keys: {:?}", data.keys());
+    ensure!(data["DB_PASSWORD"].0 == pw.as_bytes() && data["API_KEY"].0 == key.as_bytes(), "the values differ");
+
+    deploy(bed, &ns, "bad", 1, folder("bad")).await?;
+    let rs = newest_rs(bed, &ns, "bad", 1).await?;
+    let pod = pods_of(bed, &ns, &rs, 1).await?.remove(0);
+    let out = run(bed, &pod).await?;
+    ensure!(!out.success(), "a leaf that is no env name was taken");
+    let want = format!(
+        "keyhole.dev/path-env: store \"aws\" (aws-ssm): /{ns}/bad/db-url would be the key \"db-url\": not an environment variable name"
+    );
+    ensure!(out.termination_log.contains(&want), "termination log: {}", out.termination_log);
+    ensure!(get_secret(bed, &ns, &secret_name(&rs)).await?.is_none(), "a Secret was made");
+    Ok(())
+}
+
 async fn a_deployment_made_again_under_its_name_does_not_reuse_the_old_secret(bed: &Bed) -> Result<()> {
     ctx(bed).await?;
     let b = Backend::Vault;
