@@ -380,6 +380,8 @@ pub enum FolderFailure {
     Call(Failure),
     /// More than the cap of leaves.
     TooBig,
+    /// A listed name keyhole cannot read (its whole path).
+    BadName(String),
 }
 
 impl FolderFailure {
@@ -398,6 +400,12 @@ impl FolderFailure {
                 store: store.clone(),
                 folder: path.folder.to_string(),
                 max: MAX_PATH_LEAVES,
+            },
+            FolderFailure::BadName(leaf) => Error::LeafName {
+                annotation: path.annotation(),
+                store: store.clone(),
+                leaf,
+                why: "a name with a character keyhole does not read (letters, digits and _ . - @ + = only)".into(),
             },
         }
     }

@@ -227,7 +227,10 @@ impl Session {
         answered: impl Fn(Result<(), Class>),
     ) -> Result<Vec<String>, FolderFailure> {
         let start = folder.folder();
-        let start = start.strip_prefix(mount.path.as_str()).unwrap_or_default().to_owned();
+        let Some(start) = start.strip_prefix(mount.path.as_str()).map(str::to_owned) else {
+            let reason = format!("the folder is not on mount {}", mount.path);
+            return Err(FolderFailure::Call(Failure::new(Class::Permanent, reason)));
+        };
         let api = if mount.version == 2 { format!("{}/metadata/", mount.name()) } else { format!("{}/", mount.name()) };
         let mut todo = vec![start];
         let mut found = Vec::new();
@@ -257,8 +260,11 @@ impl Session {
             };
             let keys = body.get("data").and_then(|d| d.get("keys")).and_then(Value::as_array);
             for key in keys.into_iter().flatten().filter_map(Value::as_str) {
-                if key.is_empty() || key.starts_with('/') {
-                    continue;
+                // A name keyhole's references could not write either (and
+                // that would not survive a URL path): refused, named.
+                let name = key.strip_suffix('/').unwrap_or(key);
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-@+=".contains(c)) {
+                    return Err(FolderFailure::BadName(format!("{}{rel}{key}", mount.path)));
                 }
                 if let Some(sub) = key.strip_suffix('/') {
                     if folder.recursive && !sub.is_empty() {
@@ -274,6 +280,21 @@ impl Session {
         }
         found.sort();
         Ok(found)
+    }
+
+    /// The current version of a folder's secret, read whole. A KV v2 secret
+    /// whose current version is deleted answers 404 ([`Class::NotFound`]),
+    /// told by the status alone (vaultrs takes that answer for a malformed one).
+    async fn read_leaf(&self, mount: &Mount, rel: &str) -> Result<SecretString, Failure> {
+        let (url, pointer) = match mount.version {
+            2 => (format!("{}/data/{rel}", mount.name()), "/data/data"),
+            _ => (format!("{}/{rel}", mount.name()), "/data"),
+        };
+        let body = self.get_json(&url).await?;
+        match body.pointer(pointer) {
+            Some(data) if data.is_object() => Ok(SecretString::from(data.to_string())),
+            _ => Err(Failure::new(Class::NotFound, "the answer holds no data")),
+        }
     }
 
     async fn read(&self, mount: &Mount, rel: &str, version: Option<u64>) -> Result<SecretString, Failure> {
@@ -390,8 +411,14 @@ pub async fn fetch(ctx: &Ctx, store: &VaultStore, items: &[PlanItem], paths: &[P
     values
 }
 
+/// Leaf reads in flight at once, all folders of a pod together.
+const LEAF_READS_AT_ONCE: usize = 16;
+
 /// Each folder: its mount, its listing, then every secret in it, read whole
-/// (a JSON object, like a reference without #field), all folders' reads at once.
+/// (a JSON object, like a reference without #field), [`LEAF_READS_AT_ONCE`]
+/// at a time. A listed secret whose current version is deleted (or that
+/// has metadata only) reads as missing and is left out, as the rotation
+/// controller leaves it out of the folder's set.
 async fn read_folders(ctx: &Ctx, session: &Arc<Session>, paths: &[PlanPath]) -> Result<Vec<Leaf>, Error> {
     let mut listed = JoinSet::new();
     for (index, path) in paths.iter().enumerate() {
@@ -429,14 +456,16 @@ async fn read_folders(ctx: &Ctx, session: &Arc<Session>, paths: &[PlanPath]) -> 
             Ok((index, mount, found))
         });
     }
+    let permits = Arc::new(tokio::sync::Semaphore::new(LEAF_READS_AT_ONCE));
     let mut reads = JoinSet::new();
     while let Some(joined) = listed.join_next().await {
         let (index, mount, found) = joined.map_err(|e| Error::Task { backend: "Vault", reason: e.to_string() })??;
         for full in found {
-            let (session, ctx, mount) = (session.clone(), ctx.clone(), mount.clone());
+            let (session, ctx, mount, permits) = (session.clone(), ctx.clone(), mount.clone(), permits.clone());
             reads.spawn(async move {
+                let _permit = permits.acquire_owned().await;
                 let rel = mount.relative(&full).unwrap_or_default().to_owned();
-                let r = retry(ctx.deadline, "KV read", || session.read(&mount, &rel, None)).await;
+                let r = retry(ctx.deadline, "KV read", || session.read_leaf(&mount, &rel)).await;
                 (index, full, r)
             });
         }
@@ -444,14 +473,31 @@ async fn read_folders(ctx: &Ctx, session: &Arc<Session>, paths: &[PlanPath]) -> 
     let mut leaves = Vec::new();
     while let Some(joined) = reads.join_next().await {
         let (index, full, r) = joined.map_err(|e| Error::Task { backend: "Vault", reason: e.to_string() })?;
-        let value = r.map_err(|f| Error::VaultRead {
-            annotation: paths[index].annotation(),
-            store: ctx.store.clone(),
-            reference: full.clone(),
-            reason: f.reason,
-            class: f.class,
-        })?;
+        let value = match r {
+            Ok(value) => value,
+            Err(f) if f.class == Class::NotFound => {
+                tracing::debug!(path = %full, "listed, but its current version is deleted: left out");
+                continue;
+            }
+            Err(f) => {
+                return Err(Error::VaultRead {
+                    annotation: paths[index].annotation(),
+                    store: ctx.store.clone(),
+                    reference: full,
+                    reason: f.reason,
+                    class: f.class,
+                });
+            }
+        };
         leaves.push(Leaf { path: index, full, value });
+    }
+    if let Some(empty) = paths.iter().enumerate().find(|(i, _)| !leaves.iter().any(|l| l.path == *i)) {
+        let path = empty.1;
+        return Err(Error::FolderEmpty {
+            annotation: path.annotation(),
+            store: ctx.store.clone(),
+            folder: path.folder.to_string(),
+        });
     }
     leaves.sort_by(|a, b| (a.path, &a.full).cmp(&(b.path, &b.full)));
     Ok(leaves)
@@ -580,10 +626,22 @@ pub async fn current_version(
     deadline: tokio::time::Instant,
     answered: impl Fn(Result<(), Class>),
 ) -> Result<Option<u64>, Failure> {
+    metadata(session, mount, path, deadline, answered).await.map(|body| version_of(&body))
+}
+
+/// `GET <mount>/metadata/<path>`, the whole answer (versions and their
+/// deletion times; never a value).
+pub async fn metadata(
+    session: &Session,
+    mount: &Mount,
+    path: &str,
+    deadline: tokio::time::Instant,
+    answered: impl Fn(Result<(), Class>),
+) -> Result<Value, Failure> {
     let rel = mount.relative(path).unwrap_or_default();
     let url = format!("{}/metadata/{rel}", mount.name());
     let answered = &answered;
-    let body = retry(deadline, "KV metadata", || {
+    retry(deadline, "KV metadata", || {
         let request = session.get_json(&url);
         async move {
             // The same deadline as retry's own, polled first: a request it cuts is counted.
@@ -595,13 +653,22 @@ pub async fn current_version(
             r
         }
     })
-    .await?;
-    Ok(version_of(&body))
+    .await
 }
 
 /// `data.current_version` of a KV v2 metadata answer.
 fn version_of(body: &Value) -> Option<u64> {
     body.get("data")?.get("current_version")?.as_u64().filter(|&v| v > 0)
+}
+
+/// The current version of a KV v2 metadata answer if it holds data: not
+/// deleted, not destroyed (what a read of the secret would give).
+pub fn live_version_of(body: &Value) -> Option<u64> {
+    let v = version_of(body)?;
+    let current = body.get("data")?.get("versions")?.get(v.to_string())?;
+    let deleted = current.get("deletion_time").and_then(Value::as_str).is_some_and(|t| !t.is_empty());
+    let destroyed = current.get("destroyed").and_then(Value::as_bool).unwrap_or(false);
+    (!deleted && !destroyed).then_some(v)
 }
 
 #[cfg(test)]
@@ -623,6 +690,20 @@ mod tests {
         let pki = json!({"data": {"path": "pki/", "type": "pki"}});
         assert!(!Mount::from_response(&pki).unwrap().is_kv());
         assert_eq!(Mount::from_response(&json!({"errors": []})), None);
+    }
+
+    #[test]
+    fn a_deleted_or_destroyed_current_version_is_not_live() {
+        let body = |deletion: &str, destroyed: bool| {
+            json!({"data": {"current_version": 2, "versions": {
+                "1": {"deletion_time": "", "destroyed": false},
+                "2": {"deletion_time": deletion, "destroyed": destroyed}}}})
+        };
+        assert_eq!(live_version_of(&body("", false)), Some(2));
+        assert_eq!(live_version_of(&body("2026-01-01T00:00:00Z", false)), None);
+        assert_eq!(live_version_of(&body("", true)), None);
+        assert_eq!(version_of(&body("2026-01-01T00:00:00Z", false)), Some(2), "a reference still sees the number");
+        assert_eq!(live_version_of(&json!({"data": {"current_version": 0, "versions": {}}})), None, "metadata only");
     }
 
     #[test]

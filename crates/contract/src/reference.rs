@@ -424,7 +424,7 @@ impl FolderRef {
                     }
                     other => other,
                 })?;
-                probe.path.trim_end_matches("/x").to_owned()
+                probe.path.strip_suffix("/x").expect("the probe ends in /x").to_owned()
             }
         };
         Ok(FolderRef { path, recursive })
@@ -559,6 +559,8 @@ mod tests {
             (StoreKind::Vault, "secret/app/", "secret/app", false),
             (StoreKind::Vault, "/secret/app?recursive=true", "secret/app", true),
             (StoreKind::Vault, "secret/", "secret", false),
+            (StoreKind::Vault, "secret/app/x/", "secret/app/x", false),
+            (StoreKind::Vault, "secret/x/x", "secret/x/x", false),
         ] {
             let f = FolderRef::parse(kind, raw).unwrap();
             assert_eq!((f.path.as_str(), f.recursive), (path, recursive), "{raw}");

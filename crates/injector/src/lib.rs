@@ -225,7 +225,7 @@ pub async fn execute(plan: &Plan, deadline_override: Option<u64>, pod: &PodIdent
     let target = match &plan.secret {
         Some(t) => {
             let keys = plan.items.iter().map(|i| i.name.clone()).chain(plan.templates.iter().map(|t| t.name.clone()));
-            let mut target = secret::Target::new(t, pod, keys.collect(), !plan.paths.is_empty())
+            let mut target = secret::Target::new(t, pod, keys.collect(), plan.paths.len())
                 .map_err(|e| Error::secret(&store, None, e))?;
             target.bind_revision(deadline).await.map_err(|e| Error::secret(&store, Some(&target), e))?;
             Some(target)

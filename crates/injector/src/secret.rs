@@ -69,9 +69,10 @@ pub struct Target {
     service_account: String,
     /// The keys the Secret holds: the plan's values and templates.
     keys: BTreeSet<String>,
-    /// The plan has folders: their leaves' keys are known only to the fetch
-    /// that made the Secret, so other keys are taken if they are valid ones.
-    leaves: bool,
+    /// The most keys a plan's folders may add (0: no folders): their leaves'
+    /// keys are known only to the fetch that made the Secret, so up to this
+    /// many other keys are taken if they are of a leaf key's shape.
+    leaves: usize,
     /// Whether the API server enforces the provenance policy: asked once, the
     /// first time a Secret or claim found here is to be trusted.
     enforced: tokio::sync::OnceCell<bool>,
@@ -115,20 +116,21 @@ struct Expect<'a> {
     owner_uid: &'a str,
     /// `None` for a claim, which holds no data and no digest.
     plan: Option<(&'a str, &'a BTreeSet<String>)>,
-    /// Keys beyond the plan's are folders' leaves (see [`Target`]'s `leaves`).
-    leaves: bool,
+    /// How many keys beyond the plan's may be folders' leaves (see [`Target`]'s `leaves`).
+    leaves: usize,
 }
 
 impl Target {
     /// Reads the API token and CA from `target.api_token_path`'s directory.
-    /// `keys`: the names of the plan's values and templates; `leaves`: the
-    /// plan has folders, whose leaves add keys.
+    /// `keys`: the names of the plan's values and templates; `folders`: how
+    /// many folders the plan has, whose leaves add keys.
     pub fn new(
         target: &SecretTarget,
         pod: &PodIdentity<'_>,
         keys: BTreeSet<String>,
-        leaves: bool,
+        folders: usize,
     ) -> Result<Target, SecretError> {
+        let leaves = folders.min(MAX_PATHS) * MAX_PATH_LEAVES;
         let setup = SecretError::Setup;
         let namespace = pod.namespace.filter(|s| !s.is_empty()).ok_or_else(|| {
             setup(format!(
@@ -359,7 +361,7 @@ impl Target {
             return Ok(Claim::Ours);
         };
         let expect =
-            Expect { service_account: &self.service_account, owner_uid: &self.owner.uid, plan: None, leaves: false };
+            Expect { service_account: &self.service_account, owner_uid: &self.owner.uid, plan: None, leaves: 0 };
         let annotations = found.metadata.annotations.clone().unwrap_or_default();
         self.trusted(found, &expect, deadline).await?;
         let until_unix: u64 = annotations.get(CLAIM_EXPIRES_ANNOTATION).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -521,7 +523,7 @@ fn verify(namespace: &str, secret: &Secret, expect: &Expect<'_>) -> Result<Vec<(
     let found: BTreeSet<&String> = secret.data.iter().flatten().map(|(k, _)| k).collect();
     let missing: Vec<&str> = keys.iter().filter(|k| !found.contains(k)).map(String::as_str).collect();
     let mut extra: Vec<&str> = found.iter().filter(|k| !keys.contains(k.as_str())).map(|k| k.as_str()).collect();
-    if expect.leaves && extra.len() <= MAX_PATHS * MAX_PATH_LEAVES {
+    if extra.len() <= expect.leaves {
         // A folder's leaf: a key the injector could have written for one.
         extra.retain(|k| annotations::check_item_name(k).is_err() || !annotations::is_env_name(k));
     }
@@ -662,7 +664,7 @@ mod tests {
 
     fn checked(secret: Secret) -> Result<Vec<(String, SecretString)>, SecretError> {
         let keys = keys();
-        check("ns", secret, &Expect { service_account: SA, owner_uid: OWNER, plan: Some(("d1", &keys)), leaves: false })
+        check("ns", secret, &Expect { service_account: SA, owner_uid: OWNER, plan: Some(("d1", &keys)), leaves: 0 })
     }
 
     fn annotate(mut s: Secret, key: &str, value: Option<&str>) -> Secret {
@@ -726,7 +728,11 @@ mod tests {
     fn a_plan_with_folders_takes_extra_keys_only_of_the_shape_a_leaf_has() {
         let keys = keys();
         let with_leaves = |s: Secret| {
-            check("ns", s, &Expect { service_account: SA, owner_uid: OWNER, plan: Some(("d1", &keys)), leaves: true })
+            check(
+                "ns",
+                s,
+                &Expect { service_account: SA, owner_uid: OWNER, plan: Some(("d1", &keys)), leaves: MAX_PATH_LEAVES },
+            )
         };
         let mut leaf = ours();
         leaf.data.as_mut().unwrap().insert("db_user".into(), ByteString(b"app".to_vec()));
@@ -746,7 +752,7 @@ mod tests {
     #[test]
     fn a_claim_gets_the_same_provenance_checks_and_holds_no_data() {
         let claim =
-            |s: Secret| check("ns", s, &Expect { service_account: SA, owner_uid: OWNER, plan: None, leaves: false });
+            |s: Secret| check("ns", s, &Expect { service_account: SA, owner_uid: OWNER, plan: None, leaves: 0 });
         let mut empty = ours();
         empty.data = None;
         assert!(claim(empty.clone()).unwrap().is_empty());

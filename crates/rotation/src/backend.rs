@@ -222,6 +222,19 @@ fn verdict(kind: StoreKind, answers: &BTreeMap<String, Answer>) -> Verdict {
     }
 }
 
+/// A folder's listing failed.
+fn folder_error(folder: &FolderRef, f: ssm::FolderFailure) -> LookupError {
+    let folder = folder.to_string();
+    match f {
+        ssm::FolderFailure::TooBig => LookupError::FolderTooBig { folder },
+        ssm::FolderFailure::Call(reason) => LookupError::Folder { folder, reason },
+        ssm::FolderFailure::BadName(leaf) => LookupError::Folder {
+            folder,
+            reason: Failure::new(Class::Permanent, format!("{leaf} has a character keyhole does not read")),
+        },
+    }
+}
+
 /// How a request ended, for [`RotationMetrics::request`].
 fn ended<T>(r: &Result<T, Failure>) -> Outcome {
     Outcome::of(r.as_ref().map(drop).map_err(|f| f.class))
@@ -429,12 +442,7 @@ impl Backends {
                             let leaves = found.iter().map(|(n, &v)| (n.as_str(), Version::Number(v.max(0) as u64)));
                             Ok(Found::Version(set_version(leaves)))
                         }
-                        Err(ssm::FolderFailure::TooBig) => {
-                            Err(LookupError::FolderTooBig { folder: folder.to_string() })
-                        }
-                        Err(ssm::FolderFailure::Call(reason)) => {
-                            Err(LookupError::Folder { folder: folder.to_string(), reason })
-                        }
+                        Err(f) => Err(folder_error(&folder, f)),
                     };
                     (identity.clone(), answer)
                 }
@@ -700,31 +708,33 @@ impl Backends {
             .await;
         let leaves = match listed {
             Ok(leaves) => leaves,
-            Err(ssm::FolderFailure::TooBig) => return Err(LookupError::FolderTooBig { folder: folder.to_string() }),
-            Err(ssm::FolderFailure::Call(reason)) => {
-                return Err(LookupError::Folder { folder: folder.to_string(), reason });
-            }
+            Err(f) => return Err(folder_error(folder, f)),
         };
-        let mut reads: Vec<BoxFuture<'_, Result<(String, Found), LookupError>>> = Vec::with_capacity(leaves.len());
+        // Each secret's current version, if it holds data: one whose current
+        // version is deleted (or with metadata only) is not in the set, as
+        // the injector leaves it out.
+        type Read<'a> = BoxFuture<'a, Result<(String, Option<u64>), LookupError>>;
+        let mut reads: Vec<Read<'_>> = Vec::with_capacity(leaves.len());
         for leaf in leaves {
             reads.push(
                 async move {
-                    let found = self.metadata(store, session, mount, &leaf, deadline).await?;
-                    Ok((leaf, found))
+                    let body = vault::metadata(session, mount, &leaf, deadline, |answer| {
+                        self.metrics.request(store, "metadata", Outcome::of(answer))
+                    })
+                    .await
+                    .map_err(|reason| LookupError::Metadata { path: leaf.clone(), reason })?;
+                    Ok((leaf, vault::live_version_of(&body)))
                 }
                 .boxed(),
             );
         }
-        let found: Vec<(String, Found)> = futures::stream::iter(reads)
+        let found: Vec<(String, Option<u64>)> = futures::stream::iter(reads)
             .buffer_unordered(CONCURRENCY)
             .collect::<Vec<_>>()
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
-        let versions = found.iter().map(|(leaf, f)| match f {
-            Found::Version(v) => (leaf.as_str(), v.clone()),
-            Found::Unversioned => (leaf.as_str(), Version::Number(0)),
-        });
+        let versions = found.iter().filter_map(|(leaf, v)| Some((leaf.as_str(), Version::Number((*v)?))));
         Ok(Found::Version(set_version(versions)))
     }
 

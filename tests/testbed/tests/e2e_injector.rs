@@ -805,9 +805,13 @@ async fn path_vault_folder_becomes_one_file_a_secret(bed: &Bed) -> Result<()> {
         ("keyhole.dev/role", &ns),
         ("keyhole.dev/path-app", &format!("secret/{ns}/app")),
     ]);
+    // One level; a secret whose current version is deleted is left out.
+    bed.vault("DELETE", &format!("secret/data/{ns}/app/s00"), None).await?;
     let out = run(bed, &injected_pod(bed, &ns, &a, &all).await?, &[]).await?;
     ensure!(out.success(), "{}", out.describe());
-    check_listing(&out, &want.keys().map(String::as_str).filter(|k| !k.starts_with("sub_")).collect::<Vec<_>>())
+    let top: Vec<&str> = want.keys().map(String::as_str).filter(|k| !k.starts_with("sub_") && *k != "s00").collect();
+    ensure!(top.len() == 19, "the control set is wrong");
+    check_listing(&out, &top)
 }
 
 /// `/app/a_b` and `/app/a/b` would be one file: the pod fails naming both
