@@ -846,6 +846,11 @@ async fn bench_wall_time_and_rss(bed: &Bed) -> Result<()> {
         None => keyhole_testbed::workspace_bin("keyhole-injector")?,
     };
     let ns = vault_namespace(bed, "inj-bench").await?;
+    // The folder row lists secret/<ns>/ as well as reading it.
+    let hcl = format!(
+        "path \"secret/data/{ns}/*\" {{ capabilities = [\"read\"] }}\npath \"secret/metadata/{ns}/*\" {{ capabilities = [\"list\"] }}\n"
+    );
+    bed.vault("PUT", &format!("sys/policies/acl/{ns}"), Some(json!({"policy": hcl}))).await?;
     for i in 0..100 {
         bed.put_ssm(&format!("/{ns}/b/{i}"), &secret("bench")).await?;
         bed.vault("POST", &format!("secret/data/{ns}/b{i}"), Some(json!({"data": {"v": secret("bench")}}))).await?;
