@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::types::ParameterStringFilter;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use keyhole_contract::annotations::MAX_PATH_LEAVES;
@@ -546,36 +547,12 @@ pub async fn versions(
     names: &[String],
     deadline: tokio::time::Instant,
     answered: impl Fn(Result<(), Class>),
-) -> Result<std::collections::HashMap<String, i64>, Failure> {
-    use aws_sdk_ssm::types::ParameterStringFilter;
-    let filter = ParameterStringFilter::builder()
-        .key("Name")
-        .option("Equals")
-        .set_values(Some(names.to_vec()))
-        .build()
-        .map_err(|e| Failure::new(Class::Permanent, e.to_string()))?;
-    let mut found = std::collections::HashMap::new();
-    let mut next: Option<String> = None;
-    loop {
-        let call = client
-            .describe_parameters()
-            .parameter_filters(filter.clone())
-            .max_results(NAMES_PER_DESCRIBE as i32)
-            .set_next_token(next.clone())
-            .customize()
-            .config_override(aws_sdk_ssm::config::Config::builder().timeout_config(timeouts(deadline)));
-        let page = call.send().await.map_err(|e| classify(&e));
-        answered(page.as_ref().map(drop).map_err(|f| f.class));
-        let page = page?;
-        for p in page.parameters.unwrap_or_default() {
-            if let Some(n) = p.name {
-                found.insert(n, p.version);
-            }
-        }
-        match page.next_token.filter(|t| !t.is_empty()) {
-            Some(t) => next = Some(t),
-            None => return Ok(found),
-        }
+) -> Result<BTreeMap<String, i64>, Failure> {
+    let filter = ParameterStringFilter::builder().key("Name").option("Equals").set_values(Some(names.to_vec())).build();
+    match describe(client, filter, usize::MAX, deadline, answered).await {
+        Ok(found) => Ok(found),
+        Err(FolderFailure::Call(f)) => Err(f),
+        Err(_) => Err(Failure::new(Class::Permanent, "more parameters than were asked for")),
     }
 }
 
@@ -589,13 +566,22 @@ pub async fn folder_versions(
     deadline: tokio::time::Instant,
     answered: impl Fn(Result<(), Class>),
 ) -> Result<BTreeMap<String, i64>, FolderFailure> {
-    use aws_sdk_ssm::types::ParameterStringFilter;
-    let filter = ParameterStringFilter::builder()
-        .key("Path")
-        .option(if folder.recursive { "Recursive" } else { "OneLevel" })
-        .values(&folder.path)
-        .build()
-        .map_err(|e| FolderFailure::Call(Failure::new(Class::Permanent, e.to_string())))?;
+    let option = if folder.recursive { "Recursive" } else { "OneLevel" };
+    let filter = ParameterStringFilter::builder().key("Path").option(option).values(&folder.path).build();
+    describe(client, filter, max, deadline, answered).await
+}
+
+/// DescribeParameters with one filter, page after page, each page within
+/// `deadline`: name -> version, at most `max` (one more is an error, and no
+/// page is asked for after it).
+async fn describe(
+    client: &aws_sdk_ssm::Client,
+    filter: Result<ParameterStringFilter, aws_sdk_ssm::error::BuildError>,
+    max: usize,
+    deadline: tokio::time::Instant,
+    answered: impl Fn(Result<(), Class>),
+) -> Result<BTreeMap<String, i64>, FolderFailure> {
+    let filter = filter.map_err(|e| FolderFailure::Call(Failure::new(Class::Permanent, e.to_string())))?;
     let mut found = BTreeMap::new();
     let mut next: Option<String> = None;
     loop {

@@ -450,7 +450,7 @@ impl Backends {
             })
             .collect();
         let sets = futures::stream::iter(sets).buffer_unordered(CONCURRENCY).collect::<Vec<_>>();
-        type Page = (Vec<String>, Result<HashMap<String, i64>, Failure>);
+        type Page = (Vec<String>, Result<BTreeMap<String, i64>, Failure>);
         let calls: Vec<BoxFuture<'_, Page>> = chunks(&names, SSM_NAMES_PER_CALL)
             .into_iter()
             .map(|names| {
