@@ -12,7 +12,7 @@ use keyhole_contract::store::{VaultAuthMethod, VaultStore};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::task::JoinSet;
-use vaultrs::client::{Client as _, VaultClient, VaultClientSettings};
+use vaultrs::client::{VaultClient, VaultClientSettings};
 use vaultrs::error::ClientError;
 
 use crate::Ctx;
@@ -123,7 +123,6 @@ pub fn http_client(store: &VaultStore) -> Result<reqwest::Client, VaultClientErr
 
 /// A logged-in Vault client (the injector's, and the rotation controller's).
 pub struct Session {
-    client: VaultClient,
     http: reqwest::Client,
     address: reqwest::Url,
     namespace: Option<String>,
@@ -282,34 +281,23 @@ impl Session {
         Ok(found)
     }
 
-    /// The current version of a folder's secret, read whole. A KV v2 secret
-    /// whose current version is deleted answers 404 ([`Class::NotFound`]),
-    /// told by the status alone (vaultrs takes that answer for a malformed one).
-    async fn read_leaf(&self, mount: &Mount, rel: &str) -> Result<SecretString, Failure> {
-        let (url, pointer) = match mount.version {
-            2 => (format!("{}/data/{rel}", mount.name()), "/data/data"),
-            _ => (format!("{}/{rel}", mount.name()), "/data"),
+    /// A secret's data (the current version, or `version`), as JSON text.
+    /// Told by the HTTP status alone: a KV v2 secret whose current version is
+    /// deleted answers 404 with its metadata, which vaultrs took for a
+    /// malformed answer; here it is [`Class::NotFound`], like a missing one.
+    async fn read(&self, mount: &Mount, rel: &str, version: Option<u64>) -> Result<SecretString, Failure> {
+        let m = mount.name();
+        let (url, pointer) = match (mount.version, version) {
+            (2, None) => (format!("{m}/data/{rel}"), "/data/data"),
+            (2, Some(v)) => (format!("{m}/data/{rel}?version={v}"), "/data/data"),
+            (_, _) => (format!("{m}/{rel}"), "/data"),
         };
         let body = self.get_json(&url).await?;
         match body.pointer(pointer) {
             Some(data) if data.is_object() => Ok(SecretString::from(data.to_string())),
-            _ => Err(Failure::new(Class::NotFound, "the answer holds no data")),
+            // A soft-deleted KV v2 version answers with `data: null`.
+            _ => Err(Failure::new(Class::NotFound, "the version is deleted")),
         }
-    }
-
-    async fn read(&self, mount: &Mount, rel: &str, version: Option<u64>) -> Result<SecretString, Failure> {
-        let m = mount.name();
-        let data: Value = match (mount.version, version) {
-            (2, None) => vaultrs::kv2::read(&self.client, m, rel).await,
-            (2, Some(v)) => vaultrs::kv2::read_version(&self.client, m, rel, v).await,
-            (_, _) => vaultrs::kv1::get(&self.client, m, rel).await,
-        }
-        .map_err(|e| classify(&e, false))?;
-        // A soft-deleted KV v2 version answers with `data: null`.
-        if data.is_null() {
-            return Err(Failure::new(Class::NotFound, "the version is deleted"));
-        }
-        Ok(SecretString::from(data.to_string()))
     }
 }
 
@@ -373,9 +361,8 @@ pub async fn login(ctx: &Ctx, store: &VaultStore) -> Result<Session, Error> {
     .await
     .map_err(|f| fail(f.reason, f.class))?;
     let token = SecretString::from(auth.client_token);
-    client.set_token(token.expose_secret());
     let lease = Duration::from_secs(auth.lease_duration);
-    Ok(Session { client, http, address, namespace: store.namespace.clone(), token, lease })
+    Ok(Session { http, address, namespace: store.namespace.clone(), token, lease })
 }
 
 /// Revokes the session's token, best effort: a failure is logged (never the
@@ -465,7 +452,7 @@ async fn read_folders(ctx: &Ctx, session: &Arc<Session>, paths: &[PlanPath]) -> 
             reads.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 let rel = mount.relative(&full).unwrap_or_default().to_owned();
-                let r = retry(ctx.deadline, "KV read", || session.read_leaf(&mount, &rel)).await;
+                let r = retry(ctx.deadline, "KV read", || session.read(&mount, &rel, None)).await;
                 (index, full, r)
             });
         }

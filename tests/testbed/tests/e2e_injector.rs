@@ -811,7 +811,18 @@ async fn path_vault_folder_becomes_one_file_a_secret(bed: &Bed) -> Result<()> {
     ensure!(out.success(), "{}", out.describe());
     let top: Vec<&str> = want.keys().map(String::as_str).filter(|k| !k.starts_with("sub_") && *k != "s00").collect();
     ensure!(top.len() == 19, "the control set is wrong");
-    check_listing(&out, &top)
+    check_listing(&out, &top)?;
+    // Named alone, the deleted secret is missing, said as such.
+    let a = ann(&[
+        ("keyhole.dev/store", "vault"),
+        ("keyhole.dev/role", &ns),
+        ("keyhole.dev/secret-gone", &format!("secret/{ns}/app/s00#v")),
+    ]);
+    let out = run(bed, &injected_pod(bed, &ns, &a, &all).await?, &[]).await?;
+    check_failed_cleanly(
+        &out,
+        &["keyhole.dev/secret-gone", &format!("reading secret/{ns}/app/s00#v failed: not found (HTTP 404)")],
+    )
 }
 
 /// `/app/a_b` and `/app/a/b` would be one file: the pod fails naming both
