@@ -65,7 +65,7 @@ pub enum Error {
     SecretsNotFound { annotations: Joined, store: StoreRef, ids: Joined },
 
     #[error(
-        "{annotation}: {store}: secret {id} holds binary data that is not UTF-8 text; keyhole writes text values only"
+        "{annotation}: {store}: secret {id} holds binary data that is not UTF-8 text, so no #key can be picked out of it: drop #key to get its bytes"
     )]
     BinarySecret { annotation: String, store: StoreRef, id: String },
 

@@ -1,8 +1,8 @@
 //! AWS Secrets Manager: the same web-identity session as SSM
 //! ([`crate::ssm::assume_role`]), then BatchGetSecretValue for the current
 //! versions, twenty secrets a call, and GetSecretValue for each pinned one (a
-//! staging label or a version id), all concurrently. Binary secrets are taken
-//! when they are UTF-8 text.
+//! staging label or a version id), all concurrently. A binary secret is text
+//! when it is UTF-8, else its bytes (written as they are; no #key, no template).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,12 +12,13 @@ use keyhole_contract::reference::{Reference, SecretRef, SecretVersion};
 use keyhole_contract::store::SsmStore;
 use secrecy::SecretString;
 use tokio::task::JoinSet;
+use zeroize::Zeroizing;
 
 use crate::Ctx;
 use crate::error::{Error, Joined};
 use crate::retry::{Class, Failure};
 use crate::ssm::{assume_role, classify, endpoint, http_client, retries, timeouts};
-use crate::value::{Values, item_value};
+use crate::value::{Binary, Fetched, Values, item_value};
 
 /// BatchGetSecretValue takes at most twenty ids in its SecretIdList.
 pub const BATCH_SIZE: usize = 20;
@@ -68,7 +69,8 @@ type Key = (String, SecretVersion);
 #[derive(Clone)]
 enum Raw {
     Text(SecretString),
-    NotUtf8,
+    /// Binary data that is not UTF-8: written as its bytes.
+    Bytes(Zeroizing<Vec<u8>>),
 }
 
 fn raw_of(text: Option<String>, binary: Option<aws_sdk_secretsmanager::primitives::Blob>) -> Raw {
@@ -76,7 +78,7 @@ fn raw_of(text: Option<String>, binary: Option<aws_sdk_secretsmanager::primitive
         (Some(t), _) => Raw::Text(SecretString::from(t)),
         (None, Some(b)) => match String::from_utf8(b.into_inner()) {
             Ok(t) => Raw::Text(SecretString::from(t)),
-            Err(_) => Raw::NotUtf8,
+            Err(e) => Raw::Bytes(Zeroizing::new(e.into_bytes())),
         },
         (None, None) => Raw::Text(SecretString::from(String::new())),
     }
@@ -155,7 +157,7 @@ fn shown((id, version): &Key) -> String {
     SecretRef { id: id.clone(), version: version.clone(), key: None }.to_string()
 }
 
-pub async fn fetch(ctx: &Ctx, store: &SsmStore, items: &[PlanItem]) -> Result<Values, Error> {
+pub async fn fetch(ctx: &Ctx, store: &SsmStore, items: &[PlanItem]) -> Result<Fetched, Error> {
     let refs = refs(items)?;
     let client = client(ctx, store).await?;
     let keys: BTreeSet<Key> = refs.iter().map(|(_, r)| (r.id.clone(), normal(&r.version))).collect();
@@ -208,6 +210,7 @@ pub async fn fetch(ctx: &Ctx, store: &SsmStore, items: &[PlanItem]) -> Result<Va
     }
 
     let mut values = Values::new();
+    let mut binary = Binary::new();
     for (item, r) in refs {
         let key = (r.id.clone(), normal(&r.version));
         let not_found = || Error::SecretsNotFound {
@@ -216,17 +219,22 @@ pub async fn fetch(ctx: &Ctx, store: &SsmStore, items: &[PlanItem]) -> Result<Va
             ids: Joined(vec![shown(&key)]),
         };
         match by_key.get(&key).ok_or_else(not_found)? {
-            Raw::Text(raw) => values.insert(item.name.clone(), item_value(item, &ctx.store, r, raw, r.key.as_deref())?),
-            Raw::NotUtf8 => {
-                return Err(Error::BinarySecret {
-                    annotation: item.annotation(),
-                    store: ctx.store.clone(),
-                    id: r.id.clone(),
-                });
+            Raw::Text(raw) => {
+                values.insert(item.name.clone(), item_value(item, &ctx.store, r, raw, r.key.as_deref())?);
             }
+            Raw::Bytes(bytes) => match r.key {
+                None => binary.push((item.name.clone(), bytes.clone())),
+                Some(_) => {
+                    return Err(Error::BinarySecret {
+                        annotation: item.annotation(),
+                        store: ctx.store.clone(),
+                        id: r.id.clone(),
+                    });
+                }
+            },
         };
     }
-    Ok(values)
+    Ok(Fetched { values, binary, leaves: Vec::new() })
 }
 
 /// `?version-stage=AWSCURRENT` is the current version: one key for both.

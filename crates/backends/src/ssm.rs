@@ -443,7 +443,7 @@ pub async fn fetch(ctx: &Ctx, store: &SsmStore, items: &[PlanItem], paths: &[Pla
         }
         leaves.extend(found.into_iter().map(|(full, value)| Leaf { path: index, full, value }));
     }
-    Ok(Fetched { values, leaves })
+    Ok(Fetched { values, binary: Vec::new(), leaves })
 }
 
 async fn fetch_items(

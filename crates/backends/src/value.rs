@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
 
 use keyhole_contract::annotations;
 use keyhole_contract::plan::{PlanItem, PlanPath};
@@ -12,6 +13,39 @@ use crate::error::{Error, FieldError, Joined, StoreRef};
 
 /// Item name -> value, for writing and for templates.
 pub type Values = BTreeMap<String, SecretString>;
+
+/// A binary Secrets Manager secret that is not UTF-8 text: item name -> its bytes.
+pub type Binary = Vec<(String, Zeroizing<Vec<u8>>)>;
+
+/// A value as written to a file or a Secret key: text (every value but one
+/// kind), or the bytes of a binary secret that is not UTF-8, which no
+/// template can use.
+#[derive(Clone)]
+pub enum Payload {
+    Text(SecretString),
+    Bytes(Zeroizing<Vec<u8>>),
+}
+
+impl ExposeSecret<[u8]> for Payload {
+    fn expose_secret(&self) -> &[u8] {
+        match self {
+            Payload::Text(s) => s.expose_secret().as_bytes(),
+            Payload::Bytes(b) => b,
+        }
+    }
+}
+
+impl From<SecretString> for Payload {
+    fn from(s: SecretString) -> Self {
+        Payload::Text(s)
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Payload([REDACTED])")
+    }
+}
 
 /// Picks `field` out of a JSON object. A string field gives its text; any other
 /// JSON value gives its compact JSON.
@@ -64,10 +98,12 @@ pub struct Leaf {
     pub value: SecretString,
 }
 
-/// What a fetch brought: the items' values by name, and the folders' leaves.
+/// What a fetch brought: the items' values by name, the binary ones, and
+/// the folders' leaves.
 #[derive(Default)]
 pub struct Fetched {
     pub values: Values,
+    pub binary: Binary,
     pub leaves: Vec<Leaf>,
 }
 
@@ -83,13 +119,14 @@ pub fn with_leaves(
     templates: &[&str],
     env_keys: bool,
     store: &StoreRef,
-) -> Result<Values, Error> {
-    let Fetched { mut values, mut leaves } = fetched;
+) -> Result<(Values, Binary), Error> {
+    let Fetched { mut values, binary, mut leaves } = fetched;
     // Backends page in their own order: sorted, a clash is told alike every time.
     leaves.sort_by(|a, b| (a.path, &a.full).cmp(&(b.path, &b.full)));
     // key -> where it came from, for the collision's message.
     let mut from: BTreeMap<String, (String, String)> = values
         .keys()
+        .chain(binary.iter().map(|(k, _)| k))
         .map(|k| {
             (k.clone(), (annotations::InjectSpec::secret_annotation(k), format!("{}{k}", annotations::SECRET_PREFIX)))
         })
@@ -138,7 +175,7 @@ pub fn with_leaves(
         from.insert(key.clone(), (annotation, leaf.full));
         values.insert(key, leaf.value);
     }
-    Ok(values)
+    Ok((values, binary))
 }
 
 #[cfg(test)]
@@ -172,8 +209,8 @@ mod tests {
         ];
         let mut items = Values::new();
         items.insert("pw".into(), s("x"));
-        let fetched = |leaves: Vec<Leaf>| Fetched { values: items.clone(), leaves };
-        let ok =
+        let fetched = |leaves: Vec<Leaf>| Fetched { values: items.clone(), binary: Vec::new(), leaves };
+        let (ok, _) =
             with_leaves(fetched(vec![leaf(0, "/app/db/user"), leaf(1, "/more/API_KEY")]), &paths, &[], true, &store)
                 .unwrap();
         assert_eq!(ok.keys().collect::<Vec<_>>(), ["API_KEY", "db_user", "pw"]);

@@ -389,7 +389,7 @@ pub async fn fetch(ctx: &Ctx, store: &VaultStore, items: &[PlanItem], paths: &[P
     let values = async {
         let values = read_all(ctx, &session, &refs).await?;
         let leaves = read_folders(ctx, &session, paths).await?;
-        Ok(Fetched { values, leaves })
+        Ok(Fetched { values, binary: Vec::new(), leaves })
     }
     .await;
     // Its own 2 s: slow reads may have spent the deadline, and a token left

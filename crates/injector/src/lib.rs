@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use keyhole_backends::value::Payload;
 use keyhole_backends::{Ctx, generate, secretsmanager, ssm, value, vault};
 use keyhole_contract::annotations::{self, InjectSpec};
 use keyhole_contract::plan::PlanItem;
 use keyhole_contract::{Plan, Store, names};
-use secrecy::SecretString;
 use tokio::time::Instant;
 use tracing::Instrument;
 use tracing::level_filters::LevelFilter;
@@ -259,10 +259,7 @@ pub async fn execute(plan: &Plan, deadline_override: Option<u64>, pod: &PodIdent
         }
     }
 
-    let (values, rendered) = fetch(plan, &store, deadline, seconds, pod.name).await?;
-    let n_values = values.len();
-    let mut data: Vec<(String, SecretString)> = values.into_iter().collect();
-    data.extend(rendered);
+    let (mut data, n_values) = fetch(plan, &store, deadline, seconds, pod.name).await?;
     let mut outcome = None;
     if let Some(t) = &target {
         let (winner, created) =
@@ -275,14 +272,15 @@ pub async fn execute(plan: &Plan, deadline_override: Option<u64>, pod: &PodIdent
     Ok(Report { values: n_values, files, secret: outcome })
 }
 
-/// Logs in, fetches every value and renders the templates.
+/// Logs in, fetches every value and renders the templates: what to write, and
+/// how many of it are values (the rest are rendered templates).
 async fn fetch(
     plan: &Plan,
     store: &StoreRef,
     deadline: Instant,
     seconds: u64,
     pod_name: Option<&str>,
-) -> Result<(value::Values, Vec<(String, SecretString)>), Error> {
+) -> Result<(Vec<(String, Payload)>, usize), Error> {
     let token = keyhole_backends::read_token(Path::new(&plan.token_path)).map_err(|reason| {
         keyhole_backends::Error::Token { store: store.clone(), path: plan.token_path.clone(), reason }
     })?;
@@ -296,9 +294,7 @@ async fn fetch(
     let read = || async {
         match &plan.store {
             Store::AwsSsm(s) => ssm::fetch(&ctx, s, &plan.items, &plan.paths).await,
-            Store::AwsSecretsManager(s) => secretsmanager::fetch(&ctx, s, &plan.items)
-                .await
-                .map(|values| value::Fetched { values, leaves: Vec::new() }),
+            Store::AwsSecretsManager(s) => secretsmanager::fetch(&ctx, s, &plan.items).await,
             Store::Vault(v) => vault::fetch(&ctx, v, &plan.items, &plan.paths).await,
         }
     };
@@ -352,17 +348,21 @@ async fn fetch(
         doing: "fetching the values",
     })??;
     let templates: Vec<&str> = plan.templates.iter().map(|t| t.name.as_str()).collect();
-    let values = value::with_leaves(fetched, &plan.paths, &templates, plan.secret.is_some(), store)?;
+    let (values, binary) = value::with_leaves(fetched, &plan.paths, &templates, plan.secret.is_some(), store)?;
     let rendered = output::render(&plan.templates, &values).map_err(|e| Error::Template {
         annotation: InjectSpec::template_annotation(&e.name),
         store: store.clone(),
         reason: e.reason,
     })?;
-    Ok((values, rendered))
+    let mut data: Vec<(String, Payload)> = values.into_iter().map(|(k, v)| (k, Payload::Text(v))).collect();
+    data.extend(binary.into_iter().map(|(k, v)| (k, Payload::Bytes(v))));
+    let n_values = data.len();
+    data.extend(rendered.into_iter().map(|(k, v)| (k, Payload::Text(v))));
+    Ok((data, n_values))
 }
 
 /// Writes the files if the plan has an output dir; how many.
-fn write_files(plan: &Plan, store: &StoreRef, files: &[(String, SecretString)]) -> Result<usize, Error> {
+fn write_files(plan: &Plan, store: &StoreRef, files: &[(String, Payload)]) -> Result<usize, Error> {
     let Some(dir) = &plan.output_dir else {
         return Ok(0);
     };

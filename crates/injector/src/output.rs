@@ -12,6 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use keyhole_backends::value::Payload;
 use keyhole_contract::plan::PlanTemplate;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -147,7 +148,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Writes `files` into `dir` so that a reader sees all of them or none, each
 /// with `mode`. On error nothing it wrote is left behind.
-pub fn write_atomic(dir: &Path, files: &[(String, SecretString)], mode: u32) -> Result<(), WriteError> {
+pub fn write_atomic(dir: &Path, files: &[(String, Payload)], mode: u32) -> Result<(), WriteError> {
     for (name, _) in files {
         check_name(name).named(name)?;
     }
@@ -166,7 +167,7 @@ pub fn write_atomic(dir: &Path, files: &[(String, SecretString)], mode: u32) -> 
     for (name, value) in files {
         let path = tmp.join(name);
         let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).named(name)?;
-        f.write_all(value.expose_secret().as_bytes()).named(name)?;
+        f.write_all(value.expose_secret()).named(name)?;
         f.set_permissions(fs::Permissions::from_mode(mode)).named(name)?;
         f.sync_all().named(name)?;
     }
@@ -269,8 +270,8 @@ mod tests {
         }
     }
 
-    fn files(pairs: &[(&str, &str)]) -> Vec<(String, SecretString)> {
-        pairs.iter().map(|(n, v)| (n.to_string(), SecretString::from(v.to_string()))).collect()
+    fn files(pairs: &[(&str, &str)]) -> Vec<(String, Payload)> {
+        pairs.iter().map(|(n, v)| (n.to_string(), Payload::Text(SecretString::from(v.to_string())))).collect()
     }
 
     fn listing(dir: &Path) -> Vec<String> {

@@ -21,6 +21,7 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use keyhole_backends::retry::{Class, Failure, retry, transport_reason};
+use keyhole_backends::value::Payload;
 use keyhole_contract::annotations::{self, MAX_PATH_LEAVES, MAX_PATHS};
 use keyhole_contract::names;
 use keyhole_contract::plan::SecretTarget;
@@ -310,7 +311,7 @@ impl Target {
         secret: Secret,
         expect: &Expect<'_>,
         deadline: Instant,
-    ) -> Result<Vec<(String, SecretString)>, SecretError> {
+    ) -> Result<Vec<(String, Payload)>, SecretError> {
         let object = format!("Secret {}/{}", self.namespace, secret.metadata.name.as_deref().unwrap_or("-"));
         let values = check(&self.namespace, secret, expect)?;
         if self.provenance_enforced(deadline).await? { Ok(values) } else { Err(SecretError::Unverified { object }) }
@@ -373,7 +374,7 @@ impl Target {
     }
 
     /// Polls for the revision's Secret until `until`; `None` if it did not appear.
-    pub async fn wait(&self, digest: &str, until: Instant) -> Result<Option<Vec<(String, SecretString)>>, SecretError> {
+    pub async fn wait(&self, digest: &str, until: Instant) -> Result<Option<Vec<(String, Payload)>>, SecretError> {
         loop {
             tokio::time::sleep(Duration::from_millis(150 + fastrand::u64(0..150))).await;
             // Each look has time of its own: `until` ends the wait, not a look.
@@ -409,11 +410,7 @@ impl Target {
     /// The revision's values if its Secret exists, was made by this pod's
     /// service account for this owner and `digest`, is immutable, and holds
     /// exactly the plan's keys.
-    pub async fn find(
-        &self,
-        digest: &str,
-        deadline: Instant,
-    ) -> Result<Option<Vec<(String, SecretString)>>, SecretError> {
+    pub async fn find(&self, digest: &str, deadline: Instant) -> Result<Option<Vec<(String, Payload)>>, SecretError> {
         let expect = Expect {
             service_account: &self.service_account,
             owner_uid: &self.owner.uid,
@@ -432,17 +429,15 @@ impl Target {
     pub async fn create(
         &self,
         digest: &str,
-        data: Vec<(String, SecretString)>,
+        data: Vec<(String, Payload)>,
         deadline: Instant,
-    ) -> Result<(Vec<(String, SecretString)>, bool), SecretError> {
+    ) -> Result<(Vec<(String, Payload)>, bool), SecretError> {
         let secret = Secret {
             metadata: self
                 .metadata(self.name.clone(), BTreeMap::from([(PLAN_DIGEST_ANNOTATION.into(), digest.to_owned())])),
             immutable: Some(true),
             type_: Some("Opaque".into()),
-            data: Some(
-                data.iter().map(|(k, v)| (k.clone(), ByteString(v.expose_secret().as_bytes().to_vec()))).collect(),
-            ),
+            data: Some(data.iter().map(|(k, v)| (k.clone(), ByteString(v.expose_secret().to_vec()))).collect()),
             ..Secret::default()
         };
         let created = self.post(&secret, deadline, "creating").await;
@@ -476,7 +471,7 @@ fn unix_now() -> u64 {
 /// by this pod's owner, immutable; then, for a Secret, exactly the plan's keys
 /// and its digest. Returns its values (none for a claim); the bytes read are
 /// wiped either way.
-fn check(namespace: &str, mut secret: Secret, expect: &Expect<'_>) -> Result<Vec<(String, SecretString)>, SecretError> {
+fn check(namespace: &str, mut secret: Secret, expect: &Expect<'_>) -> Result<Vec<(String, Payload)>, SecretError> {
     let result = verify(namespace, &secret, expect);
     if let Some(data) = secret.data.take() {
         data.into_values().for_each(|mut b| b.0.zeroize());
@@ -484,7 +479,7 @@ fn check(namespace: &str, mut secret: Secret, expect: &Expect<'_>) -> Result<Vec
     result
 }
 
-fn verify(namespace: &str, secret: &Secret, expect: &Expect<'_>) -> Result<Vec<(String, SecretString)>, SecretError> {
+fn verify(namespace: &str, secret: &Secret, expect: &Expect<'_>) -> Result<Vec<(String, Payload)>, SecretError> {
     let meta = &secret.metadata;
     let object = format!("Secret {namespace}/{}", meta.name.as_deref().unwrap_or("-"));
     if meta.labels.as_ref().and_then(|l| l.get(names::MANAGED_BY_LABEL)).map(String::as_str)
@@ -546,11 +541,12 @@ fn verify(namespace: &str, secret: &Secret, expect: &Expect<'_>) -> Result<Vec<(
     }
     let mut out = Vec::new();
     for (k, v) in secret.data.iter().flatten() {
-        let s = std::str::from_utf8(&v.0).map_err(|_| SecretError::Malformed {
-            object: object.clone(),
-            reason: format!("key {k:?} is not UTF-8, which keyhole never writes"),
-        })?;
-        out.push((k.clone(), SecretString::from(s.to_owned())));
+        // Text, or the bytes of a binary secret.
+        let value = match std::str::from_utf8(&v.0) {
+            Ok(s) => Payload::Text(SecretString::from(s.to_owned())),
+            Err(_) => Payload::Bytes(zeroize::Zeroizing::new(v.0.clone())),
+        };
+        out.push((k.clone(), value));
     }
     Ok(out)
 }
@@ -662,7 +658,7 @@ mod tests {
         BTreeSet::from(["PW".to_owned()])
     }
 
-    fn checked(secret: Secret) -> Result<Vec<(String, SecretString)>, SecretError> {
+    fn checked(secret: Secret) -> Result<Vec<(String, Payload)>, SecretError> {
         let keys = keys();
         check("ns", secret, &Expect { service_account: SA, owner_uid: OWNER, plan: Some(("d1", &keys)), leaves: 0 })
     }
@@ -680,7 +676,7 @@ mod tests {
     fn only_a_secret_this_service_account_made_for_this_owner_and_plan_is_used() {
         let values = checked(ours()).unwrap();
         assert_eq!(values.len(), 1);
-        assert_eq!(values[0].1.expose_secret(), "x");
+        assert_eq!(values[0].1.expose_secret(), b"x");
 
         let mut unlabelled = ours();
         unlabelled.metadata.labels = None;

@@ -37,6 +37,7 @@ fn main() {
         secretsmanager_reads_fields_whole_secrets_arns_and_pinned_versions,
         secretsmanager_reads_ten_secrets_in_one_batched_call,
         secretsmanager_missing_secrets_are_named_and_nothing_is_written,
+        secretsmanager_binary_secret_is_written_as_its_bytes,
         generate_two_racing_pods_make_a_missing_ssm_value_once_and_both_read_it,
         generate_two_racing_pods_make_a_missing_vault_value_once_and_both_read_it,
         generate_never_changes_an_existing_value,
@@ -401,6 +402,52 @@ async fn secretsmanager_reads_ten_secrets_in_one_batched_call(bed: &Bed) -> Resu
         "not one batched call: {requests:?}"
     );
     Ok(())
+}
+
+/// A binary secret that is not UTF-8 (a DER key, say) is written as its
+/// bytes, beside a text one; asking for a #key of it fails, saying why.
+async fn secretsmanager_binary_secret_is_written_as_its_bytes(bed: &Bed) -> Result<()> {
+    let ns = aws_namespace(bed, "inj-smbin").await?;
+    let mut bytes = vec![0xff, 0xfe, 0x00];
+    bytes.extend_from_slice(secret("sm-binary").as_bytes());
+    bytes.extend_from_slice(&[0x80, 0x00, 0xc3]);
+    ensure!(std::str::from_utf8(&bytes).is_err(), "the test value must not be UTF-8");
+    let id = format!("{ns}/key.der");
+    bed.secrets_admin()
+        .await
+        .create_secret()
+        .name(&id)
+        .secret_binary(aws_sdk_secretsmanager::primitives::Blob::new(bytes.clone()))
+        .send()
+        .await
+        .context("create the binary secret")?;
+    let text = secret("sm-text");
+    bed.put_secret(&format!("{ns}/text"), &text).await?;
+    let a = ann(&[
+        ("keyhole.dev/store", "aws-sm"),
+        ("keyhole.dev/secret-key.der", &id),
+        ("keyhole.dev/secret-text", &format!("{ns}/text")),
+    ]);
+    let out = run(bed, &injected_pod(bed, &ns, &a, &stores(bed, json!({}))?).await?, &[]).await?;
+    ensure!(out.success(), "{}", out.describe());
+    check_listing(&out, &["key.der", "text"])?;
+    check_file(&out, "text", &text, 0o400)?;
+    let path = out.volume(names::SECRETS_VOLUME)?.join("key.der");
+    let meta = std::fs::metadata(&path)?;
+    ensure!(
+        meta.mode() & 0o777 == 0o400 && meta.uid() == out.uid,
+        "key.der: mode {:o}, owner {}",
+        meta.mode() & 0o777,
+        meta.uid()
+    );
+    ensure!(std::fs::read(&path)? == bytes, "key.der is not the secret's bytes");
+
+    let a = ann(&[("keyhole.dev/store", "aws-sm"), ("keyhole.dev/secret-k", &format!("{id}#k"))]);
+    let out = run(bed, &injected_pod(bed, &ns, &a, &stores(bed, json!({}))?).await?, &[]).await?;
+    check_failed_cleanly(
+        &out,
+        &["keyhole.dev/secret-k", "holds binary data that is not UTF-8 text, so no #key can be picked out of it"],
+    )
 }
 
 /// Missing secrets (and a missing version of one that exists) are named in
