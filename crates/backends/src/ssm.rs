@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use crate::Ctx;
 use crate::error::{Error, Joined};
 use crate::retry::{Class, Failure, retry, transport_reason};
-use crate::value::{Fetched, Leaf, Values, item_value};
+use crate::value::{Fetched, FolderFailure, Leaf, Values, item_value};
 
 /// SSM refuses more than ten names in one GetParameters.
 pub const BATCH_SIZE: usize = 10;
@@ -371,43 +371,6 @@ pub async fn get_folder(
         match page.next_token.filter(|t| !t.is_empty()) {
             Some(t) => next = Some(t),
             None => return Ok(out),
-        }
-    }
-}
-
-/// Why a folder could not be read or looked up.
-#[derive(Clone, Debug)]
-pub enum FolderFailure {
-    Call(Failure),
-    /// More than the cap of leaves.
-    TooBig,
-    /// A listed name keyhole cannot read (its whole path).
-    BadName(String),
-}
-
-impl FolderFailure {
-    /// The error of `path`'s annotation.
-    pub fn error(self, path: &PlanPath, store: &crate::StoreRef) -> Error {
-        match self {
-            FolderFailure::Call(f) => Error::FolderList {
-                annotation: path.annotation(),
-                store: store.clone(),
-                folder: path.folder.to_string(),
-                reason: f.reason,
-                class: f.class,
-            },
-            FolderFailure::TooBig => Error::FolderTooBig {
-                annotation: path.annotation(),
-                store: store.clone(),
-                folder: path.folder.to_string(),
-                max: MAX_PATH_LEAVES,
-            },
-            FolderFailure::BadName(leaf) => Error::LeafName {
-                annotation: path.annotation(),
-                store: store.clone(),
-                leaf,
-                why: "a name with a character keyhole does not read (letters, digits and _ . - @ + = only)".into(),
-            },
         }
     }
 }

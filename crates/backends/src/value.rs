@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use keyhole_contract::annotations;
+use keyhole_contract::annotations::{self, MAX_PATH_LEAVES};
 use keyhole_contract::plan::{PlanItem, PlanPath};
 
 use crate::error::{Error, FieldError, Joined, StoreRef};
+use crate::retry::Failure;
 
 /// Item name -> value, for writing and for templates.
 pub type Values = BTreeMap<String, SecretString>;
@@ -96,6 +97,43 @@ pub struct Leaf {
     pub path: usize,
     pub full: String,
     pub value: SecretString,
+}
+
+/// Why a folder could not be read or looked up.
+#[derive(Clone, Debug)]
+pub enum FolderFailure {
+    Call(Failure),
+    /// More than the cap of leaves.
+    TooBig,
+    /// A listed name keyhole cannot read (its whole path).
+    BadName(String),
+}
+
+impl FolderFailure {
+    /// The error of `path`'s annotation.
+    pub fn error(self, path: &PlanPath, store: &crate::StoreRef) -> Error {
+        match self {
+            FolderFailure::Call(f) => Error::FolderList {
+                annotation: path.annotation(),
+                store: store.clone(),
+                folder: path.folder.to_string(),
+                reason: f.reason,
+                class: f.class,
+            },
+            FolderFailure::TooBig => Error::FolderTooBig {
+                annotation: path.annotation(),
+                store: store.clone(),
+                folder: path.folder.to_string(),
+                max: MAX_PATH_LEAVES,
+            },
+            FolderFailure::BadName(leaf) => Error::LeafName {
+                annotation: path.annotation(),
+                store: store.clone(),
+                leaf,
+                why: "a name with a character keyhole does not read (letters, digits and _ . - @ + = only)".into(),
+            },
+        }
+    }
 }
 
 /// What a fetch brought: the items' values by name, the binary ones, and

@@ -18,8 +18,7 @@ use vaultrs::error::ClientError;
 use crate::Ctx;
 use crate::error::{Error, VaultClientError};
 use crate::retry::{Class, Failure, retry, transport_reason};
-use crate::ssm::FolderFailure;
-use crate::value::{Fetched, Leaf, Values, item_value};
+use crate::value::{Fetched, FolderFailure, Leaf, Values, item_value};
 
 /// A KV mount as `sys/internal/ui/mounts/<path>` describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -433,13 +432,6 @@ async fn read_folders(ctx: &Ctx, session: &Arc<Session>, paths: &[PlanPath]) -> 
                 .list_folder(&mount, &path.folder, MAX_PATH_LEAVES, ctx.deadline, |_| {})
                 .await
                 .map_err(|f| f.error(&path, &ctx.store))?;
-            if found.is_empty() {
-                return Err(Error::FolderEmpty {
-                    annotation,
-                    store: ctx.store.clone(),
-                    folder: path.folder.to_string(),
-                });
-            }
             Ok((index, mount, found))
         });
     }

@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use keyhole_backends::retry::{Class, Failure, retry};
 use keyhole_backends::vault::{Mount, Session};
-use keyhole_backends::{Ctx, StoreRef, TokenError, secretsmanager, ssm, vault};
+use keyhole_backends::{Ctx, StoreRef, TokenError, secretsmanager, ssm, value, vault};
 use keyhole_contract::annotations::MAX_PATH_LEAVES;
 use keyhole_contract::reference::FolderRef;
 use keyhole_contract::store::{SsmStore, VaultStore};
@@ -223,12 +223,12 @@ fn verdict(kind: StoreKind, answers: &BTreeMap<String, Answer>) -> Verdict {
 }
 
 /// A folder's listing failed.
-fn folder_error(folder: &FolderRef, f: ssm::FolderFailure) -> LookupError {
+fn folder_error(folder: &FolderRef, f: value::FolderFailure) -> LookupError {
     let folder = folder.to_string();
     match f {
-        ssm::FolderFailure::TooBig => LookupError::FolderTooBig { folder },
-        ssm::FolderFailure::Call(reason) => LookupError::Folder { folder, reason },
-        ssm::FolderFailure::BadName(leaf) => LookupError::Folder {
+        value::FolderFailure::TooBig => LookupError::FolderTooBig { folder },
+        value::FolderFailure::Call(reason) => LookupError::Folder { folder, reason },
+        value::FolderFailure::BadName(leaf) => LookupError::Folder {
             folder,
             reason: Failure::new(Class::Permanent, format!("{leaf} has a character keyhole does not read")),
         },
